@@ -1,0 +1,60 @@
+# cl-explain: every figure and table of the study from one command. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+PYTHON_SYS ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.cl-explain-installed
+PROFILE    ?= full
+TIMEOUT    ?= 1800
+NOTEBOOKS  := $(sort $(wildcard notebooks/[0-9][0-9]-*.ipynb))
+STEMS      := $(notdir $(basename $(NOTEBOOKS)))
+SOURCES    := $(shell find cl_explain -name '*.py' 2>/dev/null)
+EXECUTED   := $(foreach s,$(STEMS),build/$(PROFILE)/$(s).ipynb)
+
+help: ## list the targets
+	@echo "cl-explain -- make targets:"
+	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort | awk -F'\t' '{printf "  %-10s %s\n", $$1, $$2}'
+	@echo "Variables: PROFILE=full|ci (parameter set for figures), TIMEOUT=seconds per notebook cell"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[notebooks,test]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (cl-explain)" >/dev/null
+	@touch $@
+
+env: $(STAMP) ## create the environment (.venv) with the pinned torch and the package (done by every target)
+
+figures: $(STAMP) $(EXECUTED) ## regenerate every figure and table (PROFILE=full writes figures/, PROFILE=ci build/ci/figures/)
+	@echo "figures written for profile $(PROFILE)"
+
+build/$(PROFILE)/%.ipynb: notebooks/%.ipynb params/$(PROFILE)/%.yaml $(SOURCES) | $(STAMP)
+	@mkdir -p $(dir $@)
+	$(VENV)/bin/papermill -k python3 --cwd notebooks --execution-timeout $(TIMEOUT) --log-level WARNING \
+		-f params/$(PROFILE)/$*.yaml $< $@.partial
+	@mv $@.partial $@
+
+test: $(STAMP) ## run unit tests, notebook tests (nbval) and the papermill CI-profile smoke run
+	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+		-p no:cacheprovider notebooks/[0-9][0-9]-*.ipynb
+
+models: $(STAMP) ## retrain the embedded models and rewrite data/models/manifest.json
+	$(PY) -m cl_explain.train --all
+
+bench: $(STAMP) ## benchmark every method and metric; prints a table and writes build/bench.md
+	$(PY) scripts/benchmark.py --output build/bench.md
+
+exercises: $(STAMP) ## regenerate the student copies of the classroom exercises
+	$(PY) -m cl_explain.exercises generate
+
+lab: $(STAMP) ## open JupyterLab in the environment
+	$(VENV)/bin/jupyter lab notebooks
+
+clean: ## remove executed notebooks and caches (keeps the environment and committed figures)
+	rm -rf build .cache .pytest_cache
+
+.PHONY: help env figures test models bench exercises lab clean

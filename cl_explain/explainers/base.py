@@ -1,0 +1,220 @@
+"""The pair-explanation API: one result type, one registry from names to methods, one entry point."""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..models.similarity import SimilarityModel
+from ..utils import check_image, scale_kernel, scale_length, scale_sigma
+
+#: Parameters every method accepts (where they apply), with their defaults.
+COMMON_PARAMS: dict[str, Any] = {"batch_size": 64, "blur": False, "precision": "fp32"}
+
+#: Display blur of SPEC section 3 at 224 px (kernel, sigma); scaled with the image side.
+DISPLAY_BLUR = (11, 5.0)
+
+
+@dataclass(frozen=True)
+class PairExplanation:
+    """Maps explaining S(x1, x2), one per image, at the method's native resolution (raw, unnormalised)."""
+
+    method: str
+    map1: torch.Tensor
+    map2: torch.Tensor | None
+    similarity: float
+    params: dict[str, Any]
+    seconds: float
+    image_size: tuple[int, int]
+
+    @property
+    def maps(self) -> tuple[torch.Tensor, ...]:
+        return (self.map1,) if self.map2 is None else (self.map1, self.map2)
+
+    def resized(self, size: tuple[int, int] | None = None) -> "PairExplanation":
+        """The same explanation with both maps bilinearly resized to `size` (default: the image size)."""
+        size = tuple(size or self.image_size)
+        return replace(
+            self,
+            map1=resize_map(self.map1, size),
+            map2=None if self.map2 is None else resize_map(self.map2, size),
+        )
+
+
+def resize_map(saliency: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of an h x w map to `size`; a clear error for anything that is not a 2-D map."""
+    if not isinstance(saliency, torch.Tensor):
+        saliency = torch.as_tensor(saliency)
+    if saliency.dim() == 4 and saliency.shape[:2] == (1, 1):
+        saliency = saliency[0, 0]
+    if saliency.dim() != 2 or min(saliency.shape) < 1:
+        raise ValueError(
+            f"a saliency map must be a 2-D tensor h x w (or 1x1xhxw), got shape {tuple(saliency.shape)}"
+        )
+    if not torch.isfinite(saliency).all():
+        raise ValueError("saliency map contains NaN or infinite values; recompute the explanation")
+    saliency = saliency.float()
+    if tuple(saliency.shape) == tuple(size):
+        return saliency
+    return F.interpolate(saliency[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered explanation method.
+
+    `defaults` are the paper's values at 224 px; names in `scaled` are rescaled with the image side
+    when the caller does not set them ("length": pixels, "kernel": odd blur kernel, "sigma": blur sigma).
+    """
+
+    name: str
+    function: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+    defaults: dict[str, Any]
+    scaled: dict[str, str] = field(default_factory=dict)
+    needs_pair: bool = True
+    sensitivity: bool = True
+    description: str = ""
+    choices: dict[str, tuple] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+_SCALERS = {"length": scale_length, "kernel": scale_kernel, "sigma": scale_sigma}
+
+
+def register_method(
+    name: str,
+    defaults: dict[str, Any],
+    *,
+    scaled: dict[str, str] | None = None,
+    needs_pair: bool = True,
+    sensitivity: bool = True,
+    choices: dict[str, tuple] | None = None,
+) -> Callable:
+    """Decorator: register `fn(model, x1, x2, **params) -> (map1, map2 or None)` under `name`."""
+
+    def decorate(fn: Callable) -> Callable:
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} is registered twice")
+        _REGISTRY[name] = MethodSpec(
+            name=name,
+            function=fn,
+            defaults=dict(defaults),
+            scaled=dict(scaled or {}),
+            needs_pair=needs_pair,
+            sensitivity=sensitivity,
+            description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
+            choices=dict(choices or {}),
+        )
+        return fn
+
+    return decorate
+
+
+def get_method(name: str) -> MethodSpec:
+    _load_all_methods()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available methods: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def list_methods() -> dict[str, dict[str, Any]]:
+    """Method names -> their parameters with defaults (paper values at 224 px, common ones included)."""
+    _load_all_methods()
+    return {name: {**spec.defaults, **COMMON_PARAMS} for name, spec in sorted(_REGISTRY.items())}
+
+
+def resolve_params(spec: MethodSpec, side: int, params: dict[str, Any]) -> dict[str, Any]:
+    """Merge user parameters over the (size-scaled) defaults, rejecting unknown names and bad choices."""
+    allowed = {**spec.defaults, **COMMON_PARAMS}
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {unknown} for method {spec.name!r}; valid parameters: {', '.join(sorted(allowed))}"
+        )
+    resolved = dict(allowed)
+    for key, kind in spec.scaled.items():
+        if key not in params and resolved[key] is not None:
+            resolved[key] = _SCALERS[kind](resolved[key], side)
+    resolved.update(params)
+    for key, options in {**spec.choices, "precision": ("fp32", "bf16")}.items():
+        if resolved[key] not in options:
+            raise ValueError(f"{spec.name}: {key}={resolved[key]!r} is not one of {options}")
+    if not isinstance(resolved["batch_size"], int) or resolved["batch_size"] < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {resolved['batch_size']!r}")
+    return resolved
+
+
+def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast to bfloat16 for "bf16" (CPU or GPU), nothing for "fp32"."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def display_blur(saliency: torch.Tensor, side: int) -> torch.Tensor:
+    """The optional Gaussian display blur of SPEC section 3 (11, sigma 5 at 224 px)."""
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    k, s = scale_kernel(DISPLAY_BLUR[0], side), scale_sigma(DISPLAY_BLUR[1], side)
+    return gaussian_blur(saliency[None, None].float(), [k, k], [s, s])[0, 0]
+
+
+def explain(
+    model: SimilarityModel,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None = None,
+    method: str = "interaction_cam",
+    **params: Any,
+) -> PairExplanation:
+    """Explain S(x1, x2) = cos(f(x1), f(x2)) with a registered method; see `list_methods()`."""
+    spec = get_method(method)
+    if not isinstance(model, SimilarityModel):
+        raise TypeError(
+            f"model must be a cl_explain.SimilarityModel, got {type(model).__name__}; "
+            "wrap your network with SimilarityModel(backbone, head, normalize)"
+        )
+    check_image(x1, "x1")
+    if x2 is not None:
+        check_image(x2, "x2")
+    elif spec.needs_pair:
+        raise ValueError(f"method {method!r} explains a pair: pass x2")
+    side = min(x1.shape[-2:])
+    resolved = resolve_params(spec, side, params)
+    device = model.device
+    x1 = x1.to(device)
+    x2 = x2.to(device) if x2 is not None else None
+    start = time.perf_counter()
+    with precision_context(resolved["precision"], device):
+        method_params = {k: v for k, v in resolved.items() if k in spec.defaults or k == "batch_size"}
+        map1, map2 = spec.function(model, x1, x2, **method_params)
+    maps = []
+    for m in (map1, map2):
+        if m is None:
+            maps.append(None)
+            continue
+        m = m.detach().float().cpu()
+        if not torch.isfinite(m).all():
+            raise RuntimeError(f"method {method!r} produced a non-finite map; this is a bug, please report it")
+        if resolved["blur"]:
+            m = display_blur(m, side)
+        maps.append(m)
+    seconds = time.perf_counter() - start
+    similarity = model.score(x1, x2) if x2 is not None else float("nan")
+    return PairExplanation(
+        method=method,
+        map1=maps[0],
+        map2=maps[1],
+        similarity=similarity,
+        params=resolved,
+        seconds=seconds,
+        image_size=tuple(x1.shape[-2:]),
+    )
+
+
+def _load_all_methods() -> None:
+    """Import the method modules so their @register_method decorators run."""
+    from . import cam, gradients, invariance, occlusion  # noqa: F401

@@ -1,0 +1,78 @@
+"""Average drop / average increase for pair explanations (SPEC section 4).
+
+Each map is min-max normalised to [0, 1] and used as a soft mask, x~ = map * x. Decisions:
+
+* The mask is applied in model input space, i.e. x~ = z + map * (x - z) in pixel space with
+  z = `model.zero_pixel` -- the same "zero" the deletion substrate uses (for a model without input
+  normalisation, such as SimCLRv2, this is exactly map * x in pixels). The result stays in [0, 1].
+* A constant map expresses no preference; its normalised map is all ones (the image is kept), so
+  its drop is 0 and it gives no increase. No NaN can arise.
+* drop = max(0, base - score) / base with base = S(x1, x2) is a relative drop and is only defined
+  for base > 0 (as for the class probabilities of the original Grad-CAM++ metric). For base <= 0 the
+  drop is reported as undefined (None here; the harness marks it "not applicable" and leaves it out)
+  while the increase 1[score > base] is still defined.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..explainers.base import precision_context, resize_map
+from ..models.similarity import SimilarityModel, cosine
+
+
+@dataclass(frozen=True)
+class DropResult:
+    """One masked comparison: the unmasked score, the masked score, drop (None if base <= 0), increase."""
+
+    base: float
+    score: float
+    drop: float | None
+    increase: float
+
+
+def normalise_map(saliency: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise to [0, 1]; a constant map becomes all ones (no preference: keep the image)."""
+    lo, hi = saliency.min(), saliency.max()
+    if hi <= lo:
+        return torch.ones_like(saliency, dtype=torch.float32)
+    return ((saliency - lo) / (hi - lo)).float()
+
+
+def masked_image(model: SimilarityModel, x: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
+    """x~ = map * x in model input space (pixel space: z + map * (x - z), z = model.zero_pixel)."""
+    weight = normalise_map(resize_map(saliency, tuple(x.shape[-2:]))).to(x.device)[None, None]
+    zero = model.zero_pixel.to(device=x.device, dtype=x.dtype)
+    return zero + weight * (x - zero)
+
+
+def drop_and_increase(base: float, score: float) -> DropResult:
+    """drop = max(0, base - score) / base (None when base <= 0) and increase = 1[score > base]."""
+    drop = max(0.0, base - score) / base if base > 0 else None
+    return DropResult(base=base, score=score, drop=drop, increase=float(score > base))
+
+
+@torch.no_grad()
+def drop_increase(
+    model: SimilarityModel,
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    map1: torch.Tensor,
+    map2: torch.Tensor | None,
+    precision: str = "fp32",
+) -> dict[str, DropResult]:
+    """Drop/increase of a pair: keys "simultaneous", "conditional_1", "conditional_2" (only the
+    defined ones: with map2=None only "conditional_1"). One forward pass over at most four images."""
+    x1, x2 = x1.to(model.device), x2.to(model.device)
+    images = [x1, x2, masked_image(model, x1, map1)]
+    if map2 is not None:
+        images.append(masked_image(model, x2, map2))
+    with precision_context(precision, model.device):
+        e = model.embed(torch.cat(images)).float()
+    base = float(cosine(e[0], e[1]))
+    results = {"conditional_1": drop_and_increase(base, float(cosine(e[2], e[1])))}
+    if map2 is not None:
+        results["conditional_2"] = drop_and_increase(base, float(cosine(e[0], e[3])))
+        results["simultaneous"] = drop_and_increase(base, float(cosine(e[2], e[3])))
+    return results

@@ -1,0 +1,197 @@
+"""Insertion and deletion curves for pair explanations (SPEC section 4).
+
+A map ranks the pixels of its image (most salient first; ties keep raster order, so a constant map
+perturbs row by row). Curve point i perturbs the `counts[i]` top-ranked pixels (all channels):
+
+* deletion starts from the image and replaces them by a substrate (default: zero in model input
+  space, `model.zero_pixel`);
+* insertion starts from a blurred copy (GaussianBlur 11, sigma 5 at 224 px, scaled with the image
+  side) and puts the original pixels back.
+
+`step` pixels per point, default = the image side (224 at 224 px -> 225 points including the start);
+when `step` does not divide H*W the last interval is shorter and the AUC, a trapezoid over the
+perturbed fraction of pixels in [0, 1], weights it accordingly. With equal steps this is the paper's
+(sum s_i - s_0/2 - s_N/2) / N.
+
+Perturbed images are made batch by batch from a rank map (pixel rank < count) and embedded with
+`embed_stream`, so memory is bounded by `batch_size` images whatever the image size. The embeddings
+of one image's perturbation sequence serve both the simultaneous curve and the conditional curve
+of that image, so `perturbation_curves` embeds each sequence once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..explainers.base import precision_context, resize_map
+from ..models.similarity import SimilarityModel, cosine, embed_stream
+from ..utils import scale_kernel, scale_sigma
+
+#: Insertion start blur at 224 px (kernel, sigma), scaled with the image side.
+INSERTION_BLUR = (11, 5.0)
+MODES = ("insertion", "deletion")
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One insertion/deletion curve: similarity per point, the perturbed pixel fraction, and its AUC."""
+
+    scores: torch.Tensor
+    fractions: torch.Tensor
+    auc: float
+
+
+def default_step(height: int, width: int) -> int:
+    """Pixels perturbed per curve point: the image side (224 at 224 px), the shorter side if not square."""
+    return min(height, width)
+
+
+def perturbation_counts(height: int, width: int, step: int | None = None) -> torch.Tensor:
+    """Number of perturbed pixels at each curve point: 0, step, 2*step, ..., H*W (last step may be short)."""
+    total = height * width
+    step = default_step(height, width) if step is None else int(step)
+    if step < 1:
+        raise ValueError(f"step must be a positive number of pixels, got {step}")
+    counts = torch.arange(0, total, step, dtype=torch.long)
+    return torch.cat([counts, torch.tensor([total])])
+
+
+def area_under_curve(scores: torch.Tensor, fractions: torch.Tensor | None = None) -> float:
+    """Trapezoid AUC of `scores` over `fractions` in [0, 1] (default: equally spaced points)."""
+    scores = torch.as_tensor(scores, dtype=torch.float64).flatten()
+    if scores.numel() < 2:
+        raise ValueError(f"a curve needs at least two points, got {scores.numel()}")
+    if fractions is None:
+        fractions = torch.linspace(0.0, 1.0, scores.numel(), dtype=torch.float64)
+    return float(torch.trapezoid(scores, torch.as_tensor(fractions, dtype=torch.float64)))
+
+
+def rank_pixels(saliency: torch.Tensor) -> torch.Tensor:
+    """HxW map of pixel ranks, 0 = most salient; ties keep raster order (stable sort)."""
+    order = torch.argsort(saliency.flatten(), descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    return rank.view_as(saliency)
+
+
+def reference_image(model: SimilarityModel, x: torch.Tensor, kind: str | torch.Tensor) -> torch.Tensor:
+    """The deletion substrate / insertion start for image `x` (1x3xHxW), broadcastable to it.
+
+    `kind`: "zero" (zero in model input space), "black" (pixel value 0), "blur" (GaussianBlur 11,
+    sigma 5 at 224 px, scaled with the side), or a tensor broadcastable to 1x3xHxW.
+    """
+    if isinstance(kind, torch.Tensor):
+        try:
+            torch.broadcast_shapes(kind.shape, x.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"a substrate tensor must broadcast to the image shape {tuple(x.shape)}, got {tuple(kind.shape)}"
+            ) from None
+        return kind.to(device=x.device, dtype=x.dtype)
+    if kind == "zero":
+        return model.zero_pixel.to(device=x.device, dtype=x.dtype)
+    if kind == "black":
+        return torch.zeros(1, 3, 1, 1, device=x.device, dtype=x.dtype)
+    if kind == "blur":
+        from torchvision.transforms.v2.functional import gaussian_blur
+
+        side = min(x.shape[-2:])
+        k, s = scale_kernel(INSERTION_BLUR[0], side), scale_sigma(INSERTION_BLUR[1], side)
+        return gaussian_blur(x, [k, k], [s, s])
+    raise ValueError(f"unknown substrate {kind!r}; use 'zero', 'black', 'blur' or a tensor")
+
+
+def perturbation_embeddings(
+    model: SimilarityModel,
+    x: torch.Tensor,
+    saliency: torch.Tensor,
+    mode: str,
+    *,
+    step: int | None = None,
+    substrate: str | torch.Tensor = "zero",
+    insertion_start: str | torch.Tensor = "blur",
+    batch_size: int = 64,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings ((N+1) x D) of the insertion/deletion sequence of `x` ranked by `saliency`, and the fractions."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    x = x.to(model.device)
+    height, width = x.shape[-2:]
+    rank = rank_pixels(resize_map(saliency, (height, width))).to(model.device)
+    counts = perturbation_counts(height, width, step).to(model.device)
+    if mode == "deletion":
+        start, fill = x, reference_image(model, x, substrate)
+    else:
+        start, fill = reference_image(model, x, insertion_start), x
+
+    def make_batch(lo: int, hi: int) -> torch.Tensor:
+        taken = (rank[None] < counts[lo:hi, None, None])[:, None]  # B x 1 x H x W
+        return torch.where(taken, fill, start)
+
+    with precision_context(precision, model.device):
+        embeddings = embed_stream(model, counts.numel(), make_batch, batch_size)
+    return embeddings, counts.double().cpu() / (height * width)
+
+
+def _curve(scores: torch.Tensor, fractions: torch.Tensor) -> Curve:
+    scores = scores.detach().double().cpu()
+    return Curve(scores=scores, fractions=fractions, auc=area_under_curve(scores, fractions))
+
+
+@torch.no_grad()
+def perturbation_curves(
+    model: SimilarityModel,
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    map1: torch.Tensor,
+    map2: torch.Tensor | None,
+    mode: str,
+    which: tuple[str, ...] = ("simultaneous", "conditional_1", "conditional_2"),
+    **options,
+) -> dict[str, Curve]:
+    """Insertion or deletion curves of a pair; each image's perturbation sequence is embedded once.
+
+    `which` selects "simultaneous" (both perturbed at the same step, each by its own map),
+    "conditional_1" (x1 perturbed by map1, x2 intact) and "conditional_2" (x2 perturbed, x1 intact).
+    `options` go to `perturbation_embeddings` (step, substrate, insertion_start, batch_size, precision).
+    """
+    unknown = set(which) - {"simultaneous", "conditional_1", "conditional_2"}
+    if unknown:
+        raise ValueError(f"unknown curve kind(s) {sorted(unknown)}; use simultaneous, conditional_1, conditional_2")
+    if map2 is None and ({"simultaneous", "conditional_2"} & set(which)):
+        raise ValueError("this explanation has no map for x2: only the 'conditional_1' curve is defined")
+    precision = options.get("precision", "fp32")
+    need1 = {"simultaneous", "conditional_1"} & set(which)
+    need2 = {"simultaneous", "conditional_2"} & set(which)
+    seq1 = perturbation_embeddings(model, x1, map1, mode, **options) if need1 else None
+    seq2 = perturbation_embeddings(model, x2, map2, mode, **options) if need2 else None
+
+    def intact(x: torch.Tensor) -> torch.Tensor:
+        with precision_context(precision, model.device):
+            return model.embed(x.to(model.device)).float()
+
+    curves = {}
+    if "simultaneous" in which:
+        curves["simultaneous"] = _curve(cosine(seq1[0], seq2[0]), seq1[1])
+    if "conditional_1" in which:
+        curves["conditional_1"] = _curve(cosine(seq1[0], intact(x2)), seq1[1])
+    if "conditional_2" in which:
+        curves["conditional_2"] = _curve(cosine(intact(x1), seq2[0]), seq2[1])
+    return curves
+
+
+def simultaneous_curve(
+    model: SimilarityModel, x1: torch.Tensor, x2: torch.Tensor, map1: torch.Tensor, map2: torch.Tensor,
+    mode: str, **options,
+) -> Curve:
+    """SI / SD: both images perturbed at the same step, each by its own map; s_i = cos(f(x1_i), f(x2_i))."""
+    return perturbation_curves(model, x1, x2, map1, map2, mode, ("simultaneous",), **options)["simultaneous"]
+
+
+def conditional_curve(
+    model: SimilarityModel, x: torch.Tensor, other: torch.Tensor, saliency: torch.Tensor, mode: str, **options,
+) -> Curve:
+    """CI / CD in one direction: `x` perturbed by `saliency`, `other` intact (embedded once)."""
+    return perturbation_curves(model, x, other, saliency, None, mode, ("conditional_1",), **options)["conditional_1"]

@@ -1,0 +1,92 @@
+"""Max-sensitivity of a pair explanation (SPEC section 4).
+
+For each of `n_draws` seeded draws u ~ U[-radius, radius] (one value per pixel and channel) the SAME
+u is added to both images and the pair is re-explained with the explanation's own parameters
+(display blur off); per image, the maximum over draws of ||e - e(u)|| / ||e|| (Frobenius norms of
+the raw maps at the method's native resolution); MS = mean over the images that have a map.
+
+Decision on the [0, 1] range: like the paper we do NOT clip by default (`clip=False`): the noisy
+images leave [0, 1] slightly and are passed to the method function from the registry directly
+(`explain` would reject them). `clip=True` clips to [0, 1] and goes through `explain`.
+Methods registered with `sensitivity=False` (occlusion methods, pixel invariance: "NA" in the paper)
+raise `MetricNotApplicable`, as does an all-zero reference map (the ratio is undefined).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..explainers.base import PairExplanation, display_blur, explain, get_method, precision_context
+from ..models.similarity import SimilarityModel
+
+
+class MetricNotApplicable(ValueError):
+    """The metric is not defined for this explanation / pair (reported as NA, never as NaN)."""
+
+
+def _explain_raw(
+    model: SimilarityModel, x1: torch.Tensor, x2: torch.Tensor | None, explanation: PairExplanation, clip: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Re-explain with the explanation's resolved parameters and the display blur off."""
+    spec = get_method(explanation.method)
+    if clip:
+        params = {k: v for k, v in explanation.params.items() if k != "blur"}
+        x2c = None if x2 is None else x2.clamp(0, 1)
+        again = explain(model, x1.clamp(0, 1), x2c, explanation.method, **params)
+        return again.map1, again.map2
+    params = {k: v for k, v in explanation.params.items() if k in spec.defaults or k == "batch_size"}
+    with precision_context(explanation.params.get("precision", "fp32"), model.device):
+        maps = spec.function(model, x1.to(model.device), None if x2 is None else x2.to(model.device), **params)
+    return tuple(None if m is None else m.detach().float().cpu() for m in maps)
+
+
+def max_sensitivity(
+    model: SimilarityModel,
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    explanation: PairExplanation,
+    *,
+    n_draws: int = 10,
+    radius: float = 0.2,
+    seed: int = 0,
+    clip: bool = False,
+) -> dict[str, float]:
+    """Keys "max_sensitivity" (mean of the per-image maxima) and "max_sensitivity_1" / "_2"."""
+    if explanation.method == "random":
+        raise MetricNotApplicable("max-sensitivity is not defined for the random baseline (its maps ignore the input)")
+    try:
+        spec = get_method(explanation.method)
+    except ValueError as error:
+        raise MetricNotApplicable(f"max-sensitivity needs a registered method to re-explain: {error}") from None
+    if not spec.sensitivity:
+        raise MetricNotApplicable(
+            f"max-sensitivity is not defined for method {explanation.method!r} (registered with sensitivity=False; "
+            "the paper reports NA for occlusion methods and pixel invariance)"
+        )
+    if n_draws < 1 or radius < 0:
+        raise ValueError(f"need n_draws >= 1 and radius >= 0, got n_draws={n_draws}, radius={radius}")
+    pair_input = x2 if spec.needs_pair else None
+    side = min(x1.shape[-2:])
+    if explanation.params.get("blur", False):
+        reference = _explain_raw(model, x1, pair_input, explanation, clip=False)
+    else:
+        reference = explanation.map1, explanation.map2
+    reference = [m for m in reference if m is not None]
+    for i, m in enumerate(reference, start=1):
+        if float(m.float().norm()) == 0.0:
+            raise MetricNotApplicable(f"map {i} is all zeros: ||e(x) - e(x+u)|| / ||e(x)|| is undefined")
+
+    generator = torch.Generator().manual_seed(int(seed))
+    worst = [0.0] * len(reference)
+    for _ in range(n_draws):
+        u = (torch.rand(x1.shape, generator=generator, dtype=x1.dtype) * 2 - 1) * radius
+        noisy = _explain_raw(model, x1 + u, None if pair_input is None else pair_input + u, explanation, clip)
+        for i, (e, e_u) in enumerate(zip(reference, noisy)):
+            ratio = float((e.float() - e_u).norm() / e.float().norm())
+            worst[i] = max(worst[i], ratio)
+    del side
+    result = {f"max_sensitivity_{i}": w for i, w in enumerate(worst, start=1)}
+    result["max_sensitivity"] = sum(worst) / len(worst)
+    return result
+
+
+__all__ = ["MetricNotApplicable", "max_sensitivity"]

@@ -1,0 +1,122 @@
+"""The model being explained: normalisation + backbone (spatial map) + pooling + head -> embedding."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..utils import check_image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SimilarityModel(nn.Module):
+    """Wraps a contrastive model so every explainer sees the same interface.
+
+    `backbone` maps a normalised batch Bx3xHxW to a spatial feature map BxDxhxw; the embedding is
+    `head(global_average_pool(map))`. Images always enter in [0, 1] pixel space; `normalize` is
+    (mean, std) per channel or None (e.g. SimCLRv2, which takes raw pixels). The model stays in
+    eval mode (BatchNorm running statistics): calling `.train()` raises.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module | None = None,
+        normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+        name: str = "model",
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head if head is not None else nn.Identity()
+        self.name = name
+        mean, std = normalize if normalize is not None else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        self.normalized = normalize is not None
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "SimilarityModel":
+        if mode:
+            raise RuntimeError(
+                "SimilarityModel is always evaluated in eval mode; train its backbone and head "
+                "modules directly (see cl_explain.train) and wrap them afterwards"
+            )
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    @property
+    def zero_pixel(self) -> torch.Tensor:
+        """The pixel-space colour (1x3x1x1) that is zero in model input space: black or the mean."""
+        return self.mean
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixel space [0, 1] -> model input space."""
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last-stage spatial feature map BxDxhxw of images in [0, 1]."""
+        fmap = self.backbone(self.preprocess(x))
+        if fmap.dim() != 4:
+            raise ValueError(
+                f"backbone of {self.name!r} must return a spatial map BxDxhxw, got shape {tuple(fmap.shape)}; "
+                "cut the network before its global pooling"
+            )
+        return fmap
+
+    def embed_features(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Global average pooling + head: the embedding whose cosine is explained."""
+        return self.head(fmap.mean(dim=(2, 3)))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed_features(self.features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x)
+
+    def similarity(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of the embeddings (broadcast over the batch)."""
+        return F.cosine_similarity(self.embed(x1), self.embed(x2), dim=-1)
+
+    @torch.no_grad()
+    def score(self, x1: torch.Tensor, x2: torch.Tensor) -> float:
+        """S(x1, x2) for one validated pair, as a Python float."""
+        check_image(x1, "x1")
+        check_image(x2, "x2")
+        return float(self.similarity(x1.to(self.device), x2.to(self.device)))
+
+    def fingerprint(self) -> str:
+        """sha256 of all parameters and buffers: a cache key for results computed with this model."""
+        import hashlib
+
+        digest = hashlib.sha256(self.name.encode())
+        for key, value in sorted(self.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity along the last dimension (the one formula every method and metric uses)."""
+    return F.cosine_similarity(a, b, dim=-1)
+
+
+@torch.no_grad()
+def embed_stream(model: SimilarityModel, count: int, make_batch, batch_size: int) -> torch.Tensor:
+    """Embeddings of `count` images built batch by batch by `make_batch(start, stop)`.
+
+    Only one batch of perturbed images exists at a time, so memory is bounded whatever `count` is.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    chunks = []
+    for start in range(0, count, batch_size):
+        stop = min(count, start + batch_size)
+        chunks.append(model.embed(make_batch(start, stop)).float())
+    return torch.cat(chunks) if chunks else torch.empty(0)

@@ -1,0 +1,98 @@
+"""Small shared helpers: seeding, repository paths, input checks, size scaling, figure saving."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+#: The image side (pixels) at which the paper states its defaults; other sizes scale from it.
+PAPER_SIDE = 224
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch, and return a torch generator seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def repo_root(start: str | os.PathLike | None = None) -> Path:
+    """Walk up from `start` (default: this file) to the folder holding pyproject.toml."""
+    here = Path(start or __file__).resolve()
+    for folder in [here, *here.parents]:
+        if (folder / "pyproject.toml").is_file():
+            return folder
+    raise FileNotFoundError(
+        f"no pyproject.toml above {here}; run from a checkout of cl-explain or pass explicit paths"
+    )
+
+
+def check_image(x: torch.Tensor, name: str = "image") -> torch.Tensor:
+    """Validate an image tensor: shape 1x3xHxW, floating point, finite, values in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape 1x3xHxW in [0, 1], got {type(x).__name__}; "
+            "use cl_explain.data.load_image / to_tensor to convert a PIL image"
+        )
+    if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+        raise ValueError(
+            f"{name} must have shape 1x3xHxW (one RGB image), got {tuple(x.shape)}; "
+            "add a batch dimension with x[None] or convert grey images to RGB"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor in [0, 1], got dtype {x.dtype}; divide uint8 images by 255")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise ValueError(
+            f"{name} must be in [0, 1] pixel space (the model applies its own normalisation), "
+            f"got values in [{lo:.3g}, {hi:.3g}]"
+        )
+    return x
+
+
+def scale_length(value: float, side: int, minimum: int = 1) -> int:
+    """Scale a length stated at 224 px to an image of `side` px (rounded, at least `minimum`)."""
+    return max(minimum, int(round(value * side / PAPER_SIDE)))
+
+
+def scale_kernel(kernel: int, side: int) -> int:
+    """Scale an odd blur kernel size stated at 224 px; the result stays odd and at least 3."""
+    k = max(3, int(round(kernel * side / PAPER_SIDE)))
+    return k if k % 2 == 1 else k + 1
+
+
+def scale_sigma(sigma: float, side: int) -> float:
+    """Scale a blur sigma stated at 224 px to an image of `side` px."""
+    return float(sigma) * side / PAPER_SIDE
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Save a matplotlib figure deterministically (no software/date metadata), atomically; returns None."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    fig.savefig(partial, dpi=dpi, format=path.suffix.lstrip(".") or "png", metadata={"Software": None})
+    os.replace(partial, path)
+    plt.close(fig)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a text file through a temporary file so a failure never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

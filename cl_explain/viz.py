@@ -1,0 +1,115 @@
+"""Figure builders: they return matplotlib figures and never show or save (notebooks save via utils.save_figure)."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from .explainers.base import PairExplanation, resize_map
+
+#: Perceptually uniform colour map for saliency overlays.
+SALIENCY_CMAP = "inferno"
+
+
+def to_numpy_image(x: torch.Tensor) -> np.ndarray:
+    """1x3xHxW or 3xHxW tensor in [0, 1] -> HxWx3 array for imshow."""
+    x = x.detach().float().cpu()
+    if x.dim() == 4:
+        x = x[0]
+    return x.permute(1, 2, 0).clamp(0, 1).numpy()
+
+
+def normalise_for_display(saliency: torch.Tensor) -> np.ndarray:
+    """Min-max scale a map to [0, 1] for display (a constant map shows as zeros)."""
+    s = saliency.detach().float().cpu()
+    span = float(s.max() - s.min())
+    return ((s - s.min()) / span).numpy() if span > 0 else np.zeros(tuple(s.shape), dtype=np.float32)
+
+
+def overlay(ax, image: torch.Tensor, saliency: torch.Tensor | None = None, alpha: float = 0.55,
+            title: str | None = None, mask: torch.Tensor | None = None) -> None:
+    """Draw `image` with `saliency` (resized bilinearly to the image) on top; optional mask contour."""
+    ax.imshow(to_numpy_image(image))
+    if saliency is not None:
+        s = resize_map(saliency, tuple(image.shape[-2:]))
+        ax.imshow(normalise_for_display(s), cmap=SALIENCY_CMAP, alpha=alpha, vmin=0, vmax=1)
+    if mask is not None:
+        ax.contour(mask.cpu().numpy().astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
+    if title:
+        ax.set_title(title, fontsize=8)
+    ax.set_axis_off()
+
+
+def pair_figure(x1: torch.Tensor, x2: torch.Tensor, explanation: PairExplanation, title: str | None = None,
+                masks: Sequence[torch.Tensor | None] = (None, None)) -> Figure:
+    """The two views and their maps (2 x 2), titled with the similarity."""
+    fig, axes = plt.subplots(2, 2, figsize=(5, 5))
+    overlay(axes[0, 0], x1, title="x1", mask=masks[0])
+    overlay(axes[0, 1], x2, title="x2", mask=masks[1])
+    overlay(axes[1, 0], x1, explanation.map1, title=f"{explanation.method}: map 1")
+    if explanation.map2 is not None:
+        overlay(axes[1, 1], x2, explanation.map2, title=f"{explanation.method}: map 2")
+    else:
+        axes[1, 1].set_axis_off()
+    fig.suptitle(title or f"S(x1, x2) = {explanation.similarity:.3f}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def method_grid(x1: torch.Tensor, x2: torch.Tensor, explanations: Mapping[str, PairExplanation],
+                title: str | None = None) -> Figure:
+    """Rows = the two images, columns = the images then one column per method."""
+    n = len(explanations) + 1
+    fig, axes = plt.subplots(2, n, figsize=(1.7 * n, 3.6), squeeze=False)
+    overlay(axes[0, 0], x1, title="x1")
+    overlay(axes[1, 0], x2, title="x2")
+    for col, (label, exp) in enumerate(explanations.items(), start=1):
+        overlay(axes[0, col], x1, exp.map1, title=label)
+        if exp.map2 is not None:
+            overlay(axes[1, col], x2, exp.map2)
+        else:
+            axes[1, col].set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images: Sequence[Sequence[torch.Tensor]], row_labels: Sequence[str] = (),
+               col_labels: Sequence[str] = (), title: str | None = None) -> Figure:
+    """A grid of images (rows of 1x3xHxW tensors), e.g. feature inversion depth x model."""
+    rows, cols = len(images), max(len(r) for r in images)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.8 * rows), squeeze=False)
+    for i, row in enumerate(images):
+        for j in range(cols):
+            ax = axes[i, j]
+            if j < len(row):
+                ax.imshow(to_numpy_image(row[j]))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0 and j < len(col_labels):
+                ax.set_title(col_labels[j], fontsize=8)
+            if j == 0 and i < len(row_labels):
+                ax.set_ylabel(row_labels[i], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(curves: Mapping[str, np.ndarray | torch.Tensor], title: str = "", xlabel: str = "fraction of pixels",
+                  ylabel: str = "similarity") -> Figure:
+    """Insertion/deletion-style curves on [0, 1], one line per label."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    for label, curve in curves.items():
+        y = np.asarray(curve.detach().cpu() if isinstance(curve, torch.Tensor) else curve, dtype=float)
+        ax.plot(np.linspace(0, 1, len(y)), y, label=label, linewidth=1.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
