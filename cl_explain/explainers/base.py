@@ -30,6 +30,8 @@ class PairExplanation:
     params: dict[str, Any]
     seconds: float
     image_size: tuple[int, int]
+    #: The second image when the method built it from x1 itself (averaged transforms: T(x1)), else None.
+    partner: torch.Tensor | None = None
 
     @property
     def maps(self) -> tuple[torch.Tensor, ...]:
@@ -79,6 +81,7 @@ class MethodSpec:
     sensitivity: bool = True
     description: str = ""
     choices: dict[str, tuple] = field(default_factory=dict)
+    partner: Callable[[torch.Tensor, dict[str, Any]], torch.Tensor] | None = None
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
@@ -93,8 +96,13 @@ def register_method(
     needs_pair: bool = True,
     sensitivity: bool = True,
     choices: dict[str, tuple] | None = None,
+    partner: Callable[[torch.Tensor, dict[str, Any]], torch.Tensor] | None = None,
 ) -> Callable:
-    """Decorator: register `fn(model, x1, x2, **params) -> (map1, map2 or None)` under `name`."""
+    """Decorator: register `fn(model, x1, x2, **params) -> (map1, map2 or None)` under `name`.
+
+    `partner(x1, params)` builds the second image when the caller gives none (the method then explains
+    the pair (x1, partner), and the metrics score that pair).
+    """
 
     def decorate(fn: Callable) -> Callable:
         if name in _REGISTRY:
@@ -108,6 +116,7 @@ def register_method(
             sensitivity=sensitivity,
             description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
             choices=dict(choices or {}),
+            partner=partner,
         )
         return fn
 
@@ -148,10 +157,29 @@ def resolve_params(spec: MethodSpec, side: int, params: dict[str, Any]) -> dict[
     return resolved
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively (AVX512-BF16/AMX CPUs, Ampere+ GPUs)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast to bfloat16 for "bf16" (CPU or GPU), nothing for "fp32"."""
+    """Autocast to bfloat16 for "bf16", nothing for "fp32".
+
+    bf16 is refused on hardware without native support: there it is emulated and runs many times
+    slower than fp32 (measured ~30x for a ResNet-50 on an AVX2-only CPU), which is never what a user wants.
+    """
     if precision == "fp32":
         return contextlib.nullcontext()
+    if precision != "bf16":
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if not bf16_supported(device):
+        raise RuntimeError(
+            f"precision='bf16' needs native bfloat16 support, which this {device.type} lacks "
+            f"(CPU capability: {torch.backends.cpu.get_cpu_capability()}); it would be emulated and far "
+            "slower than fp32. Use precision='fp32' here, or bf16 on an AVX512-BF16/AMX CPU or a recent GPU"
+        )
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
@@ -187,6 +215,9 @@ def explain(
     device = model.device
     x1 = x1.to(device)
     x2 = x2.to(device) if x2 is not None else None
+    partner = None
+    if x2 is None and spec.partner is not None:
+        x2 = partner = spec.partner(x1, resolved)
     start = time.perf_counter()
     with precision_context(resolved["precision"], device):
         method_params = {k: v for k, v in resolved.items() if k in spec.defaults or k == "batch_size"}
@@ -212,6 +243,7 @@ def explain(
         params=resolved,
         seconds=seconds,
         image_size=tuple(x1.shape[-2:]),
+        partner=None if partner is None else partner.detach().cpu(),
     )
 
 

@@ -79,12 +79,12 @@ def pair_gradients(
     with torch.enable_grad(), context:
         scores = model.similarity(x1, x2)
         g1, g2 = torch.autograd.grad(scores.sum(), (x1, x2))
-    return g1.float(), g2.float()
+    return g1, g2
 
 
 def _input_times_gradient(image: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
     """The M6 map: max over RGB of |x * g| (HxW)."""
-    return (image.float() * gradient).abs().amax(dim=1)[0]
+    return (image * gradient).abs().amax(dim=1)[0]
 
 
 def _batched_mean_gradients(
@@ -112,7 +112,9 @@ def noise_sigma(image: torch.Tensor, rule: str = "paper") -> float:
         return NOISE_LEVEL * spread
     if rule == "paper":
         if spread == 0:
-            raise ValueError("the paper's noise rule 0.15 / (max - min) is undefined for a constant image; use noise_rule='canonical'")
+            raise ValueError(
+                "the paper's noise rule 0.15 / (max - min) is undefined for a constant image; use noise_rule='canonical'"
+            )
         return NOISE_LEVEL / spread
     raise ValueError(f"unknown noise_rule {rule!r}; choose one of {NOISE_RULES}")
 
@@ -180,11 +182,18 @@ def interpolation_path(x0: torch.Tensor, xt: torch.Tensor, step: float = 0.1) ->
     return weights * x0 + (1 - weights) * xt
 
 
+def transformed_copy(x0: torch.Tensor, transform: str, seed: int) -> torch.Tensor:
+    """The pixel-aligned copy T(x0) that Averaged Transforms pairs x0 with (family `transform`, seeded)."""
+    generator = torch.Generator().manual_seed(seed)
+    return averaged_transform(x0.cpu(), transform, generator).to(device=x0.device, dtype=x0.dtype)
+
+
 @register_method(
     "averaged_transforms",
     {"transform": "combine", "step": 0.1, "noise": False, "guided": False, "seed": 0},
     needs_pair=False,
     choices={"transform": AVERAGED_FAMILIES},
+    partner=lambda x1, params: transformed_copy(x1, params["transform"], params["seed"]),
 )
 def averaged_transforms(
     model: SimilarityModel,
@@ -207,15 +216,13 @@ def averaged_transforms(
     `noise` adds N(0, sigma^2) (paper sigma rule of M7, same seed) to the path images strictly
     between the first (x0) and the last (x_step).
     """
-    generator = torch.Generator().manual_seed(seed)
     if x2 is None:
-        x2 = averaged_transform(x1.cpu(), transform, generator).to(device=x1.device, dtype=x1.dtype)
+        x2 = transformed_copy(x1, transform, seed)
     _require_same_shape(x1, x2, "averaged_transforms", "x2 must be the pixel-aligned transformed copy of x1")
     path = interpolation_path(x1, x2, step)
     if noise and len(path) > 2:
         sigma = noise_sigma(x1, "paper")
-        inner = torch.randn((len(path) - 2, *x1.shape[1:]), generator=generator)
-        path = path.clone()
+        inner = torch.randn((len(path) - 2, *x1.shape[1:]), generator=torch.Generator().manual_seed(seed))
         path[1:-1] += sigma * inner.to(device=x1.device, dtype=x1.dtype)
     compared = path[1:]
     if len(compared) == 0:

@@ -223,7 +223,7 @@ def pairwise_occlusion(
     seed: int,
     batch_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pairwise occlusion (M3): random erasures in both images; softmax(drop) credits the image that lost more.
+    """Pairwise occlusion (M3): random erasures in both images, softmax(drop)-weighted, credited by embedding norm.
 
     Each draw erases an independent rectangle in x1 and in x2 (zero in model input space). With
     d_n = S - cos(f(x1^n), f(x2^n)) and w = softmax(d), draw n adds w_n to the erased rectangle of

@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from ..explainers.base import PairExplanation, display_blur, explain, get_method, precision_context
+from ..explainers.base import PairExplanation, explain, get_method, precision_context
 from ..models.similarity import SimilarityModel
-
-
-class MetricNotApplicable(ValueError):
-    """The metric is not defined for this explanation / pair (reported as NA, never as NaN)."""
+from .common import MetricNotApplicable
 
 
 def _explain_raw(
@@ -64,8 +61,10 @@ def max_sensitivity(
         )
     if n_draws < 1 or radius < 0:
         raise ValueError(f"need n_draws >= 1 and radius >= 0, got n_draws={n_draws}, radius={radius}")
-    pair_input = x2 if spec.needs_pair else None
-    side = min(x1.shape[-2:])
+    pair_input = x2 if spec.needs_pair or spec.partner is not None else None
+    if pair_input is not None and pair_input.shape != x1.shape:
+        raise ValueError(f"the same noise is added to both images: they need one shape, got {tuple(x1.shape)} "
+                         f"and {tuple(pair_input.shape)}")
     if explanation.params.get("blur", False):
         reference = _explain_raw(model, x1, pair_input, explanation, clip=False)
     else:
@@ -78,15 +77,11 @@ def max_sensitivity(
     generator = torch.Generator().manual_seed(int(seed))
     worst = [0.0] * len(reference)
     for _ in range(n_draws):
-        u = (torch.rand(x1.shape, generator=generator, dtype=x1.dtype) * 2 - 1) * radius
+        u = (torch.rand(x1.shape, generator=generator, dtype=x1.dtype) * 2 - 1).mul(radius).to(x1.device)
         noisy = _explain_raw(model, x1 + u, None if pair_input is None else pair_input + u, explanation, clip)
         for i, (e, e_u) in enumerate(zip(reference, noisy)):
             ratio = float((e.float() - e_u).norm() / e.float().norm())
             worst[i] = max(worst[i], ratio)
-    del side
     result = {f"max_sensitivity_{i}": w for i, w in enumerate(worst, start=1)}
     result["max_sensitivity"] = sum(worst) / len(worst)
     return result
-
-
-__all__ = ["MetricNotApplicable", "max_sensitivity"]

@@ -1,0 +1,53 @@
+"""Pointing game and energy-based pointing game against ground-truth object masks (ours, SPEC section 4).
+
+Maps are bilinearly resized to the mask (= image) size first.
+
+* Pointing game: 1 if the map's maximum lies inside the object mask, else 0. When several pixels
+  tie for the maximum the score is the fraction of them inside the mask (so a constant map scores
+  the mask's area share, i.e. chance level, instead of depending on raster order).
+* Energy pointing game: share of the positive map energy, sum(ReLU(map) * mask) / sum(ReLU(map)).
+  A map without positive values has no energy: `MetricNotApplicable`.
+
+An empty mask (the object is not visible in this view, e.g. cropped away) is `MetricNotApplicable`.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..explainers.base import resize_map
+from .common import MetricNotApplicable
+
+
+def check_mask(mask: torch.Tensor, size: tuple[int, int], name: str = "mask") -> torch.Tensor:
+    """An object mask as an HxW bool tensor of the image size (accepts 1xHxW / 1x1xHxW, 0/1 values)."""
+    if not isinstance(mask, torch.Tensor):
+        mask = torch.as_tensor(mask)
+    while mask.dim() > 2 and mask.shape[0] == 1:
+        mask = mask[0]
+    if tuple(mask.shape) != tuple(size):
+        raise ValueError(f"{name} must be an HxW mask of the image size {tuple(size)}, got shape {tuple(mask.shape)}")
+    if mask.dtype != torch.bool:
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(f"{name} must be boolean or 0/1 valued")
+        mask = mask.bool()
+    if not bool(mask.any()):
+        raise MetricNotApplicable(f"{name} is empty: the object is not visible in this view, so grounding is undefined")
+    return mask.cpu()
+
+
+def pointing_game(saliency: torch.Tensor, mask: torch.Tensor) -> float:
+    """Share of the map's maximal pixels that lie inside the mask (1/0 for a unique maximum)."""
+    mask = check_mask(mask, tuple(mask.shape[-2:]))
+    resized = resize_map(saliency, tuple(mask.shape)).cpu()
+    top = resized == resized.max()
+    return float((top & mask).sum()) / float(top.sum())
+
+
+def energy_pointing_game(saliency: torch.Tensor, mask: torch.Tensor) -> float:
+    """Share of the positive map energy inside the mask: sum(ReLU(map)[mask]) / sum(ReLU(map))."""
+    mask = check_mask(mask, tuple(mask.shape[-2:]))
+    energy = resize_map(saliency, tuple(mask.shape)).cpu().clamp(min=0).double()
+    total = float(energy.sum())
+    if total <= 0:
+        raise MetricNotApplicable("the map has no positive values, so the energy pointing game is undefined")
+    return float(energy[mask].sum()) / total

@@ -1,0 +1,401 @@
+"""Metric families against independent computations (hand-derived cases and naive reference loops).
+
+The explainers are written elsewhere; these tests use maps built by hand and tiny test-only methods
+registered below, and stub out the import of the real method modules.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cl_explain.explainers import base
+from cl_explain.explainers.base import explain, register_method
+from cl_explain.metrics import MetricNotApplicable, max_sensitivity, random_explanation, randomisation_test
+from cl_explain.metrics.drop import drop_increase, masked_image, normalise_map
+from cl_explain.metrics.grounding import energy_pointing_game, pointing_game
+from cl_explain.metrics.perturbation import (
+    area_under_curve,
+    perturbation_counts,
+    perturbation_curves,
+    rank_pixels,
+    reference_image,
+)
+from cl_explain.metrics.sanity import spearman
+from cl_explain.models.backbones import StagedBackbone
+from cl_explain.models.similarity import SimilarityModel
+
+SIDE = 16
+PATCH = (slice(4, 8), slice(8, 12))  # the only pixels the toy model looks at (16 pixels = one step)
+
+
+# ------------------------------------------------------------------------------------------- toys
+
+
+class PatchBackbone(nn.Module):
+    """Features ReLU(W x) inside a fixed patch, zero elsewhere: the similarity depends on the patch only."""
+
+    def __init__(self, dim: int = 8, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv = nn.Conv2d(3, dim, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(dim, 3, 1, 1, generator=g))
+        mask = torch.zeros(1, 1, SIDE, SIDE)
+        mask[..., PATCH[0], PATCH[1]] = 1
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x)) * self.mask
+
+
+def patch_model(normalize=None) -> SimilarityModel:
+    return SimilarityModel(PatchBackbone(), None, normalize=normalize, name="patch-toy")
+
+
+def images(seed: int = 0, n: int = 2) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(1, 3, SIDE, SIDE, generator=g) for _ in range(n)]
+
+
+def patch_map(reverse: bool = False) -> torch.Tensor:
+    m = torch.zeros(SIDE, SIDE)
+    m[PATCH] = 1.0
+    return -m if reverse else m
+
+
+def staged_model(seed: int = 0) -> SimilarityModel:
+    torch.manual_seed(seed)
+    stages = OrderedDict(
+        stem=nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU()),
+        layer1=nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.ReLU()),
+    )
+    return SimilarityModel(StagedBackbone(stages), nn.Linear(6, 5), normalize=None, name="staged-toy")
+
+
+CALLS = {"linear": 0}
+
+
+def _register(name: str, **kwargs):
+    """Register a test-only method once (pytest may import this module more than once)."""
+
+    def decorate(fn):
+        if name not in base._REGISTRY:
+            register_method(name, {}, **kwargs)(fn)
+        return fn
+
+    return decorate
+
+
+@_register("_test_metrics_linear")
+def linear_method(model, x1, x2, batch_size=64):
+    """Test: the channel mean of each image (a map linear in the input)."""
+    CALLS["linear"] += 1
+    return x1.mean(1)[0], x2.mean(1)[0]
+
+
+@_register("_test_metrics_constant")
+def constant_method(model, x1, x2, batch_size=64):
+    """Test: a fixed map that ignores the input."""
+    ramp = torch.arange(float(SIDE * SIDE)).view(SIDE, SIDE) + 1
+    return ramp, ramp.flip(0)
+
+
+@_register("_test_metrics_nosens", sensitivity=False)
+def nosens_method(model, x1, x2, batch_size=64):
+    """Test: an occlusion-like method without max-sensitivity."""
+    return x1.mean(1)[0], x2.mean(1)[0]
+
+
+@_register("_test_metrics_cam")
+def cam_method(model, x1, x2, batch_size=64):
+    """Test: CAM-like maps, features weighted by the summed head weights (depends on every block)."""
+    with torch.no_grad():
+        weights = model.head.weight.sum(0)[:, None, None]
+        return tuple((model.features(x)[0] * weights).sum(0) for x in (x1, x2))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors on a shared 2-core machine: extra threads only add contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def only_test_methods(monkeypatch):
+    """Keep the real explainer modules (owned by others) out of these unit tests."""
+    monkeypatch.setattr(base, "_load_all_methods", lambda: None)
+
+
+# ------------------------------------------------------------------------------ insertion/deletion
+
+
+def test_auc_of_constant_and_linear_curves():
+    assert area_under_curve(torch.full((17,), 0.3)) == pytest.approx(0.3)
+    assert area_under_curve(torch.linspace(0, 1, 225)) == pytest.approx(0.5)
+    assert area_under_curve(torch.linspace(1, 0, 5)) == pytest.approx(0.5)
+    s = torch.rand(11, generator=torch.Generator().manual_seed(3)).double()
+    n = s.numel() - 1
+    assert area_under_curve(s) == pytest.approx(float((s.sum() - s[0] / 2 - s[-1] / 2) / n))
+
+
+def test_step_rule_matches_paper_and_handles_remainder():
+    counts = perturbation_counts(224, 224)
+    assert counts.numel() == 225 and counts[1] == 224 and counts[-1] == 224 * 224
+    counts = perturbation_counts(16, 16, step=5)  # 256 = 51 * 5 + 1
+    assert counts.numel() == 53 and counts[-2] == 255 and counts[-1] == 256
+    assert perturbation_counts(12, 20).tolist()[:3] == [0, 12, 24]
+
+
+def test_rank_pixels_orders_by_decreasing_saliency_with_stable_ties():
+    m = torch.tensor([[0.1, 0.9], [0.5, 0.9]])
+    assert rank_pixels(m).tolist() == [[3, 0], [2, 1]]
+
+
+def naive_curve(model, x, other, saliency, mode, step, fill_kind="zero", perturb_other_map=None):
+    """Reference: one image at a time, pixels replaced by explicit indexing in sorted order."""
+    h, w = x.shape[-2:]
+    order = np.argsort(-saliency.flatten().numpy(), kind="stable")
+    full = reference_image(model, x, fill_kind if mode == "deletion" else "blur").expand_as(x)
+    start, fill = (x, full) if mode == "deletion" else (full, x)
+    scores = []
+    for k in list(range(0, h * w, step)) + [h * w]:
+        img = start.clone().reshape(3, -1)
+        img[:, order[:k]] = fill.reshape(3, -1)[:, order[:k]]
+        with torch.no_grad():
+            a = model.embed(img.view(1, 3, h, w))
+            b = model.embed(other)
+        scores.append(float(torch.nn.functional.cosine_similarity(a, b)))
+    return np.array(scores)
+
+
+@pytest.mark.parametrize("mode", ["deletion", "insertion"])
+@pytest.mark.parametrize("step", [None, 5])
+def test_conditional_curve_matches_naive_loop_for_any_batch_size(mode, step):
+    model = patch_model(normalize=((0.4, 0.5, 0.6), (0.2, 0.25, 0.3)))
+    x1, x2 = images(1)
+    map1 = torch.rand(SIDE, SIDE, generator=torch.Generator().manual_seed(7))
+    reference = naive_curve(model, x1, x2, map1, mode, step or SIDE)
+    for batch_size in (1, 7, 1000):
+        curve = perturbation_curves(model, x1, x2, map1, None, mode, ("conditional_1",), step=step, batch_size=batch_size)
+        c = curve["conditional_1"]
+        np.testing.assert_allclose(c.scores.numpy(), reference, atol=1e-5)
+        assert c.auc == pytest.approx(np.trapezoid(reference, c.fractions.numpy()), abs=1e-6)
+
+
+def test_simultaneous_curve_matches_naive_loop():
+    model = patch_model()
+    x1, x2 = images(2)
+    g = torch.Generator().manual_seed(1)
+    map1, map2 = torch.rand(SIDE, SIDE, generator=g), torch.rand(SIDE, SIDE, generator=g)
+    curves = perturbation_curves(model, x1, x2, map1, map2, "deletion", batch_size=4)
+    o1, o2 = (np.argsort(-m.flatten().numpy(), kind="stable") for m in (map1, map2))
+    expected = []
+    for k in range(0, SIDE * SIDE + 1, SIDE):
+        a, b = x1.clone().reshape(3, -1), x2.clone().reshape(3, -1)
+        a[:, o1[:k]] = 0.0
+        b[:, o2[:k]] = 0.0
+        with torch.no_grad():
+            expected.append(float(model.similarity(a.view(1, 3, SIDE, SIDE), b.view(1, 3, SIDE, SIDE))))
+    np.testing.assert_allclose(curves["simultaneous"].scores.numpy(), expected, atol=1e-5)
+    # the conditional curves come from the same perturbed embeddings, with the other image intact
+    np.testing.assert_allclose(
+        curves["conditional_2"].scores.numpy(), naive_curve(model, x2, x1, map2, "deletion", SIDE), atol=1e-5
+    )
+
+
+def test_conditional_embeds_the_intact_image_once(monkeypatch):
+    model = patch_model()
+    x1, x2 = images(3)
+    sizes = []
+    original = model.embed
+    monkeypatch.setattr(model, "embed", lambda x: (sizes.append(x.shape[0]), original(x))[1])
+    perturbation_curves(model, x1, x2, patch_map(), None, "deletion", ("conditional_1",), batch_size=5)
+    assert sum(sizes) == SIDE + 1 + 1  # 17 perturbed images + the intact x2, once
+    assert max(sizes) <= 5
+
+
+def test_ranking_the_patch_first_beats_its_reverse():
+    model = patch_model()
+    x1, x2 = images(4)
+    good, bad = patch_map(), patch_map(reverse=True)
+    for mode in ("deletion", "insertion"):
+        # at 16 px the scaled insertion blur is tiny, so insert into the zero image here
+        g = perturbation_curves(model, x1, x2, good, good, mode, insertion_start="zero")
+        b = perturbation_curves(model, x1, x2, bad, bad, mode, insertion_start="zero")
+        for kind in ("simultaneous", "conditional_1", "conditional_2"):
+            if mode == "deletion":
+                assert g[kind].auc < b[kind].auc - 0.3, kind
+            else:
+                assert g[kind].auc > b[kind].auc + 0.3, kind
+    # deleting the patch (the first step of the good ranking) leaves no features: cos(0, .) = 0
+    assert g_first_deleted(model, x1, x2) == pytest.approx(0.0, abs=1e-6)
+
+
+def g_first_deleted(model, x1, x2):
+    return float(perturbation_curves(model, x1, x2, patch_map(), None, "deletion", ("conditional_1",))["conditional_1"].scores[1])
+
+
+def test_deletion_endpoints_and_substrate_override():
+    model = patch_model()
+    x1, x2 = images(5)
+    curve = perturbation_curves(model, x1, x2, patch_map(), None, "deletion", ("conditional_1",))["conditional_1"]
+    assert float(curve.scores[0]) == pytest.approx(model.score(x1, x2), abs=1e-6)
+    # substrate = the image itself: nothing changes, the curve is flat at S(x1, x2)
+    flat = perturbation_curves(model, x1, x2, patch_map(), None, "deletion", ("conditional_1",), substrate=x1)
+    assert flat["conditional_1"].auc == pytest.approx(model.score(x1, x2), abs=1e-6)
+    with pytest.raises(ValueError, match="substrate"):
+        perturbation_curves(model, x1, x2, patch_map(), None, "deletion", ("conditional_1",), substrate="grey")
+
+
+def test_insertion_start_is_the_paper_blur_scaled_with_the_side():
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    model = patch_model()
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(reference_image(model, x, "blur"), gaussian_blur(x, [11, 11], [5.0, 5.0]))
+    x = torch.nn.functional.interpolate(x, size=112)
+    assert torch.allclose(reference_image(model, x, "blur"), gaussian_blur(x, [7, 7], [2.5, 2.5]))
+    assert torch.equal(reference_image(model, x, "zero"), model.zero_pixel)
+
+
+# ------------------------------------------------------------------------------- drop / increase
+
+
+def test_average_drop_matches_hand_computation():
+    mean, std = (0.3, 0.4, 0.5), (0.2, 0.2, 0.2)
+    model = patch_model(normalize=(mean, std))
+    x1, x2 = images(6)
+    g = torch.Generator().manual_seed(2)
+    map1, map2 = torch.randn(SIDE, SIDE, generator=g), torch.randn(SIDE, SIDE, generator=g)
+    n1 = (map1 - map1.min()) / (map1.max() - map1.min())
+    # "map * x in model input space"
+    assert torch.allclose(model.preprocess(masked_image(model, x1, map1)), n1 * model.preprocess(x1), atol=1e-6)
+    m1 = torch.tensor(mean).view(1, 3, 1, 1) + n1 * (x1 - torch.tensor(mean).view(1, 3, 1, 1))
+    n2 = (map2 - map2.min()) / (map2.max() - map2.min())
+    m2 = torch.tensor(mean).view(1, 3, 1, 1) + n2 * (x2 - torch.tensor(mean).view(1, 3, 1, 1))
+    base_score = model.score(x1, x2)
+    results = drop_increase(model, x1, x2, map1, map2)
+    for key, (a, b) in {"simultaneous": (m1, m2), "conditional_1": (m1, x2), "conditional_2": (x1, m2)}.items():
+        score = model.score(a, b)
+        assert results[key].score == pytest.approx(score, abs=1e-6)
+        assert results[key].drop == pytest.approx(max(0.0, base_score - score) / base_score, abs=1e-6)
+        assert results[key].increase == float(score > base_score)
+
+
+def test_constant_map_keeps_the_image_and_nonpositive_base_has_no_drop():
+    assert torch.equal(normalise_map(torch.full((3, 3), 2.0)), torch.ones(3, 3))
+    model = patch_model()
+    x1, x2 = images(7)
+    r = drop_increase(model, x1, x2, torch.zeros(4, 4), torch.zeros(4, 4))
+    assert r["simultaneous"].drop == 0.0 and r["simultaneous"].increase == 0.0
+
+    class Centred(nn.Module):
+        def forward(self, x):
+            return x - 0.5
+
+    opposite = SimilarityModel(Centred(), None, name="centred")
+    bright, dark = torch.full((1, 3, 8, 8), 0.9), torch.full((1, 3, 8, 8), 0.1)
+    r = drop_increase(opposite, bright, dark, torch.rand(8, 8), torch.rand(8, 8))
+    assert r["conditional_1"].base == pytest.approx(-1.0, abs=1e-5)
+    assert r["conditional_1"].drop is None and r["conditional_1"].increase in (0.0, 1.0)
+
+
+# ------------------------------------------------------------------------------------- grounding
+
+
+def test_pointing_games_on_hand_made_maps():
+    mask = torch.zeros(6, 6, dtype=torch.bool)
+    mask[1:3, 2:5] = True
+    m = torch.zeros(6, 6)
+    m[2, 3] = 5.0
+    assert pointing_game(m, mask) == 1.0
+    m[5, 5] = 6.0
+    assert pointing_game(m, mask) == 0.0
+    assert pointing_game(torch.ones(6, 6), mask) == pytest.approx(6 / 36)  # ties: the mask's area share
+    e = torch.zeros(6, 6)
+    e[1, 2], e[0, 0], e[4, 4] = 3.0, 1.0, -10.0  # negative values carry no energy
+    assert energy_pointing_game(e, mask) == pytest.approx(0.75)
+    low = torch.zeros(3, 3)
+    low[0, 2] = 1.0  # upsampled to 6x6: the hot corner is the top-right
+    corner = torch.zeros(6, 6, dtype=torch.bool)
+    corner[:2, 4:] = True
+    assert pointing_game(low, corner) == 1.0
+    with pytest.raises(MetricNotApplicable, match="no positive"):
+        energy_pointing_game(-torch.ones(6, 6), mask)
+    with pytest.raises(MetricNotApplicable, match="empty"):
+        pointing_game(m, torch.zeros(6, 6, dtype=torch.bool))
+
+
+# ------------------------------------------------------------------------------ max-sensitivity
+
+
+def test_max_sensitivity_of_a_linear_map_matches_its_closed_form():
+    model = patch_model()
+    x1, x2 = images(8)
+    e = explain(model, x1, x2, "_test_metrics_linear")
+    ms = max_sensitivity(model, x1, x2, e, n_draws=4, radius=0.2, seed=11)
+    g = torch.Generator().manual_seed(11)
+    worst = [0.0, 0.0]
+    for _ in range(4):
+        u = (torch.rand(x1.shape, generator=g) * 2 - 1) * 0.2
+        for i, x in enumerate((x1, x2)):  # e(x + u) - e(x) = mean_c(u), the same for both images
+            worst[i] = max(worst[i], float(u.mean(1).norm() / x.mean(1).norm()))
+    assert ms["max_sensitivity_1"] == pytest.approx(worst[0], rel=1e-5)
+    assert ms["max_sensitivity_2"] == pytest.approx(worst[1], rel=1e-5)
+    assert ms["max_sensitivity"] == pytest.approx(sum(worst) / 2, rel=1e-5)
+    bound = 0.2 * SIDE / float(x1.mean(1).norm())  # |mean_c u| <= 0.2 per pixel
+    assert 0 < ms["max_sensitivity_1"] < bound
+    clipped = max_sensitivity(model, x1, x2, e, n_draws=4, radius=0.2, seed=11, clip=True)
+    assert clipped["max_sensitivity"] < ms["max_sensitivity"]  # clipping removes part of the noise
+
+
+def test_max_sensitivity_zero_for_input_independent_maps_and_na_where_undefined():
+    model = patch_model()
+    x1, x2 = images(9)
+    e = explain(model, x1, x2, "_test_metrics_constant")
+    assert max_sensitivity(model, x1, x2, e, n_draws=3)["max_sensitivity"] == 0.0
+    with pytest.raises(MetricNotApplicable, match="sensitivity=False"):
+        max_sensitivity(model, x1, x2, explain(model, x1, x2, "_test_metrics_nosens"))
+    with pytest.raises(MetricNotApplicable, match="random"):
+        max_sensitivity(model, x1, x2, random_explanation(x1, x2, seed=0))
+
+
+# --------------------------------------------------------------------------------------- sanity
+
+
+def test_random_explanation_is_seeded():
+    x1, x2 = images(10)
+    a, b, c = (random_explanation(x1, x2, seed=s) for s in (1, 1, 2))
+    assert a.method == "random" and a.map1.shape == (SIDE, SIDE)
+    assert torch.equal(a.map1, b.map1) and torch.equal(a.map2, b.map2)
+    assert not torch.equal(a.map1, c.map1) and not torch.equal(a.map1, a.map2)
+
+
+def test_spearman_matches_scipy_and_constant_maps_give_zero():
+    from scipy.stats import spearmanr
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(5, 5, generator=g), torch.rand(5, 5, generator=g)
+    assert spearman(a, b) == pytest.approx(spearmanr(a.flatten(), b.flatten()).statistic)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    assert spearman(a, torch.ones(5, 5)) == 0.0
+
+
+def test_randomisation_leaves_model_unchanged_and_decorrelates_maps():
+    model = staged_model()
+    before = model.fingerprint()
+    x1, x2 = images(11)
+    table = randomisation_test(model, x1, x2, "_test_metrics_cam", seed=3)
+    assert model.fingerprint() == before
+    assert list(table.columns) == ["step", "randomised", "image", "spearman"]
+    assert table.groupby("step")["randomised"].first().tolist() == ["none", "head", "layer1", "stem"]
+    assert table.loc[table.step == 0, "spearman"].tolist() == pytest.approx([1.0, 1.0])
+    final = table.loc[table.step == table.step.max(), "spearman"]
+    assert (final.abs() < 0.8).all(), table
