@@ -19,6 +19,7 @@ class Pair:
     pair_id: str = "pair"
     seed: int = 0
     label: int | None = None
+    label2: int | None = None
     params1: ViewParams | None = None
     params2: ViewParams | None = None
     info: dict = field(default_factory=dict)

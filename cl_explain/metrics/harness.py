@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..data.pairs import Pair
 from ..explainers.base import PairExplanation, explain, get_method, resize_map
 from ..models.similarity import SimilarityModel
 from ..utils import check_image, write_text_atomic
@@ -105,18 +106,6 @@ def list_metrics() -> dict[str, str]:
         name: f"{spec.description} ({'higher' if spec.higher_is_better else 'lower'} is better; {spec.abbreviation})"
         for name, spec in METRICS.items()
     }
-
-
-@dataclass
-class Pair:
-    """Two views 1x3xHxW in [0, 1], optional HxW object masks, an id and the seed that made the pair."""
-
-    x1: torch.Tensor
-    x2: torch.Tensor
-    mask1: torch.Tensor | None = None
-    mask2: torch.Tensor | None = None
-    pair_id: str = "pair"
-    seed: int = 0
 
 
 # ----------------------------------------------------------------------------------------- checks

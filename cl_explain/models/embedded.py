@@ -1,0 +1,222 @@
+"""The embedded default models (SPEC section 8): a small ResNet trained on the synthetic scenes.
+
+Four objectives share one architecture (`build_backbone`): SimCLR, Barlow Twins, SimSiam and a
+supervised classifier, plus snapshots taken along the SimCLR training (models of graded quality).
+The checkpoints live in data/models with a manifest (data/models/manifest.json) written by
+`python -m cl_explain.train --all` (`make models`); they load by name through `load_model`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..utils import repo_root
+from .backbones import StagedBackbone
+from .checkpoint_io import CheckpointError, CheckpointNotFoundError, load_strict, read_checkpoint, sha256_of
+from .similarity import SimilarityModel
+
+OBJECTIVES = ("simclr", "barlow-twins", "simsiam", "supervised")
+#: Epochs of the SimCLR run kept as graded snapshots (epoch 0 = the random initialisation).
+SIMCLR_SNAPSHOTS = (0, 1, 3)
+CHECKPOINT_FORMAT = 1
+REBUILD_HINT = "rebuild the embedded models with `make models` (python -m cl_explain.train --all)"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A registry entry: which objective, and which epoch (None = end of training)."""
+
+    name: str
+    objective: str
+    epoch: int | None = None
+
+    @property
+    def description(self) -> str:
+        what = {
+            "simclr": "SimCLR (NT-Xent)",
+            "barlow-twins": "Barlow Twins",
+            "simsiam": "SimSiam (explained output = predictor(projector))",
+            "supervised": "supervised classifier (explained output = class logits)",
+        }[self.objective]
+        when = "fully trained" if self.epoch is None else (
+            "random initialisation" if self.epoch == 0 else f"snapshot after {self.epoch} epoch(s)")
+        return f"embedded small ResNet, {what}, {when}, trained on the synthetic scenes (data/models)"
+
+
+def _registry() -> dict[str, EmbeddedModel]:
+    entries = [EmbeddedModel(f"embedded-{objective}", objective) for objective in OBJECTIVES]
+    entries += [EmbeddedModel(f"embedded-simclr-e{epoch:02d}", "simclr", epoch) for epoch in SIMCLR_SNAPSHOTS]
+    return {entry.name: entry for entry in entries}
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = _registry()
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm and a (projected) identity shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def build_backbone(width: int = 16) -> StagedBackbone:
+    """Small ResNet: stem (3x3 conv stride 2 + max pool stride 2), then layer1..layer4 of one basic
+    block each with widths w, 2w, 4w, 4w and strides 1, 2, 1, 1 (total stride 8).
+
+    A 64 px input gives an 8 x 8 x (4w) map at layer4 (CAM methods need >= 7 x 7).
+    """
+    stem = nn.Sequential(OrderedDict(conv1=nn.Conv2d(3, width, 3, 2, 1, bias=False), bn1=nn.BatchNorm2d(width),
+                                      relu=nn.ReLU(inplace=True), maxpool=nn.MaxPool2d(3, 2, 1)))
+    return StagedBackbone(OrderedDict(
+        stem=stem,
+        layer1=BasicBlock(width, width, 1),
+        layer2=BasicBlock(width, 2 * width, 2),
+        layer3=BasicBlock(2 * width, 4 * width, 1),
+        layer4=BasicBlock(4 * width, 4 * width, 1),
+    ))
+
+
+def feature_dim(width: int) -> int:
+    """Channels of the layer4 map (= the pooled feature size)."""
+    return 4 * width
+
+
+def _mlp(dims: list[int], last_bn: bool | str = False) -> nn.Sequential:
+    """Linear (no bias) + BN + ReLU between layers; the last layer optionally with BN ('plain' = no affine)."""
+    layers: list[nn.Module] = []
+    for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+        last = i == len(dims) - 2
+        layers.append(nn.Linear(cin, cout, bias=False))
+        if not last:
+            layers += [nn.BatchNorm1d(cout), nn.ReLU(inplace=True)]
+        elif last_bn:
+            layers.append(nn.BatchNorm1d(cout, affine=last_bn != "plain"))
+    return nn.Sequential(*layers)
+
+
+def build_head(objective: str, width: int = 16, out_dim: int | None = None, n_classes: int = 8) -> nn.Module:
+    """The head whose output is the explained embedding, shaped like the paper's models (SPEC 7).
+
+    simclr: 2-layer projector with BN (SimCLRv2 style); barlow-twins: 3-layer projector, no final BN;
+    simsiam: Sequential(projector (last BN without affine), predictor bottleneck); supervised: linear
+    classifier (logits).
+    """
+    d = feature_dim(width)
+    if objective == "simclr":
+        return _mlp([d, d, out_dim or 64], last_bn=True)
+    if objective == "barlow-twins":
+        hidden = out_dim or 256
+        return _mlp([d, hidden, hidden, hidden])
+    if objective == "simsiam":
+        return nn.Sequential(OrderedDict(
+            projector=_mlp([d, d, d, out_dim or d], last_bn="plain"),
+            predictor=nn.Sequential(nn.Linear(out_dim or d, d // 4, bias=False), nn.BatchNorm1d(d // 4),
+                                    nn.ReLU(inplace=True), nn.Linear(d // 4, out_dim or d)),
+        ))
+    if objective == "supervised":
+        return nn.Linear(d, n_classes)
+    raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
+
+
+def models_dir() -> Path:
+    """data/models of the checkout (checkpoints + manifest.json)."""
+    return repo_root() / "data" / "models"
+
+
+def read_manifest(folder: str | os.PathLike | None = None) -> dict:
+    """The manifest of the embedded models ({} entries if it does not exist yet)."""
+    path = Path(folder or models_dir()) / "manifest.json"
+    if not path.is_file():
+        return {"models": {}}
+    return json.loads(path.read_text())
+
+
+def checkpoint_payload(name: str, objective: str, config: dict, backbone: nn.Module, head: nn.Module,
+                       normalize: tuple[list[float], list[float]], epoch: int) -> dict:
+    """What a checkpoint file holds: only tensors, numbers, strings and containers (weights_only safe)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "name": name,
+        "objective": objective,
+        "epoch": int(epoch),
+        "config": dict(config),
+        "normalize": {"mean": [float(v) for v in normalize[0]], "std": [float(v) for v in normalize[1]]},
+        "backbone": {k: v.detach().clone() for k, v in backbone.state_dict().items()},
+        "head": {k: v.detach().clone() for k, v in head.state_dict().items()},
+    }
+
+
+def model_from_payload(payload: dict, path: str | os.PathLike) -> SimilarityModel:
+    """Rebuild the SimilarityModel (eval mode) of a checkpoint payload, with strict key/shape checks."""
+    for key in ("format", "objective", "config", "normalize", "backbone", "head"):
+        if key not in payload:
+            raise CheckpointError(f"{str(path)!r} is not an embedded-model checkpoint (no {key!r} entry); {REBUILD_HINT}")
+    if payload["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{str(path)!r} has checkpoint format {payload['format']}, expected "
+                              f"{CHECKPOINT_FORMAT}; {REBUILD_HINT}")
+    config = payload["config"]
+    width = int(config["width"])
+    backbone = build_backbone(width)
+    head = build_head(payload["objective"], width, config.get("out_dim"), int(config.get("n_classes", 8)))
+    expected = f"embedded {payload['objective']} model, width {width}"
+    load_strict(backbone, payload["backbone"], path=path, expected=expected + " (backbone)")
+    load_strict(head, payload["head"], path=path, expected=expected + " (head)")
+    normalize = (payload["normalize"]["mean"], payload["normalize"]["std"])
+    return SimilarityModel(backbone, head, normalize=normalize, name=payload.get("name", "embedded")).eval()
+
+
+def load_embedded(name: str, checkpoint: str | os.PathLike | None = None, sha256: str | None = None,
+                  **options) -> SimilarityModel:
+    """Load an embedded model by name from data/models, verifying the sha256 recorded in the manifest.
+
+    `checkpoint` overrides the file (then `sha256`, if given, is the only hash checked). A missing
+    file or a hash mismatch raises CheckpointError saying how to rebuild (`make models`).
+    """
+    if options:
+        raise TypeError(f"load_embedded got unexpected options {sorted(options)}; embedded models take none")
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"unknown embedded model {name!r}; available: {', '.join(EMBEDDED_MODELS)}")
+    if checkpoint is None:
+        folder = models_dir()
+        path = folder / f"{name}.pt"
+        entry = read_manifest(folder)["models"].get(name)
+        if entry is None:
+            raise CheckpointNotFoundError(
+                f"embedded model {name!r} has no entry in {str(folder / 'manifest.json')!r}; {REBUILD_HINT}")
+        expected_sha = sha256 or entry.get("sha256")
+    else:
+        path, expected_sha = Path(checkpoint), sha256
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"checkpoint of embedded model {name!r} not found at {str(path)!r}; {REBUILD_HINT}")
+    if expected_sha is not None:
+        actual = sha256_of(path)
+        if actual.lower() != expected_sha.strip().lower():
+            raise CheckpointError(
+                f"sha256 of {str(path)!r} is {actual}, but the manifest expects {expected_sha}: the checkpoint "
+                f"was modified or is out of date; {REBUILD_HINT}")
+    try:
+        payload = read_checkpoint(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}; {REBUILD_HINT}") from error
+    model = model_from_payload(payload, path)
+    model.name = name
+    return model

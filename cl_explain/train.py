@@ -1,0 +1,404 @@
+"""Train and evaluate the embedded models on the synthetic scenes (SPEC section 8).
+
+Objectives: SimCLR (NT-Xent), Barlow Twins, SimSiam, and a supervised classifier of the same
+architecture. Training is seeded and deterministic on one platform (fixed thread count; the
+augmentation of sample i in epoch e comes from its own seeded generator). Quality: kNN (k=20,
+cosine) and linear-probe top-1 on the test split, and the rate at which two augmented views of one
+scene are more similar than a view of another scene.
+
+Rebuild everything (`make models`):  python -m cl_explain.train --all
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.scenes import CLASSES, SPLIT_SIZES, SceneSet, load_split, scene_pairs
+from .data.transforms import pure_view, simclr_view
+from .models.embedded import (
+    EMBEDDED_MODELS, OBJECTIVES, SIMCLR_SNAPSHOTS, build_backbone, build_head, checkpoint_payload, model_from_payload,
+    models_dir, read_manifest,
+)
+from .models.checkpoint_io import sha256_of
+from .models.similarity import SimilarityModel
+from .utils import write_text_atomic
+
+__all__ = [
+    "TrainConfig", "DEFAULT_CONFIGS", "nt_xent", "barlow_twins_loss", "simsiam_loss", "train",
+    "evaluate", "knn_accuracy", "linear_probe_accuracy", "view_pass_rate", "build_all",
+]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (stored in the checkpoint and the manifest)."""
+
+    objective: str
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    temperature: float = 0.2  # SimCLR
+    barlow_lambda: float = 5e-3  # Barlow Twins off-diagonal weight
+    width: int = 16
+    out_dim: int | None = None  # head output (None = the objective's default)
+    n_classes: int = len(CLASSES)
+    size: int = 64
+    n_train: int = SPLIT_SIZES["train"]
+    seed: int = 0
+    data_seed: int = 0
+    threads: int = 1  # part of the determinism contract: same threads -> same weights
+    max_steps: int | None = None  # stop early (tests)
+    snapshots: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
+
+
+DEFAULT_CONFIGS = {
+    "simclr": TrainConfig("simclr", snapshots=tuple(SIMCLR_SNAPSHOTS)),
+    "supervised": TrainConfig("supervised", epochs=8),
+    "barlow-twins": TrainConfig("barlow-twins"),
+    "simsiam": TrainConfig("simsiam", epochs=8),
+}
+
+
+# ----------------------------------------------------------------------------------------- losses
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """NT-Xent: each of the 2B embeddings must pick its partner among the other 2B-1 (cosine / T)."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    logits = z @ z.T / temperature
+    logits = logits.masked_fill(torch.eye(len(z), dtype=torch.bool, device=z.device), float("-inf"))
+    b = len(z1)
+    targets = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+    return F.cross_entropy(logits, targets)
+
+
+def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3, eps: float = 1e-5) -> torch.Tensor:
+    """Barlow Twins: cross-correlation of batch-standardised embeddings pushed to the identity."""
+    def standardise(z: torch.Tensor) -> torch.Tensor:
+        return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
+
+    c = standardise(z1).T @ standardise(z2) / len(z1)
+    on_diag = (torch.diagonal(c) - 1).pow(2).sum()
+    off_diag = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
+    return on_diag + lambd * off_diag
+
+
+def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """SimSiam: symmetric negative cosine between predictions and stop-gradient projections."""
+    return -(F.cosine_similarity(p1, z2.detach(), dim=-1).mean() + F.cosine_similarity(p2, z1.detach(), dim=-1).mean()) / 2
+
+
+# ------------------------------------------------------------------------------------------- data
+def view_bank(scenes: SceneSet, size: int, seed: int, epoch: int, n_views: int = 2) -> torch.Tensor:
+    """SimCLR views of every training scene for one epoch, as uint8 N x V x 3 x size x size.
+
+    View v of scene i in epoch e comes from its own generator seeded by (seed, e, i), so the bank
+    does not depend on batching, and the objectives trained with one seed see the same views.
+    """
+    bank = torch.empty(len(scenes), n_views, 3, size, size, dtype=torch.uint8)
+    for i in range(len(scenes)):
+        generator = torch.Generator().manual_seed(((seed * 1009 + epoch) * 100_003 + i) % 2**63)
+        image = scenes.image(i)
+        for v in range(n_views):
+            bank[i, v] = torch.round(simclr_view(image, size, generator)[0][0] * 255).to(torch.uint8)
+    return bank
+
+
+def scene_statistics(scenes: SceneSet) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of a scene set (rounded: the model's input normalisation)."""
+    x = scenes.images.float() / 255
+    return [round(float(v), 3) for v in x.mean((0, 2, 3))], [round(float(v), 3) for v in x.std((0, 2, 3))]
+
+
+# --------------------------------------------------------------------------------------- training
+def _loss(objective: str, config: TrainConfig, backbone: nn.Module, head: nn.Module,
+          views: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    x = (views.flatten(0, 1) - mean) / std  # B x V x 3 x H x W -> (B*V) x ...
+    pooled = backbone(x).mean((2, 3)).unflatten(0, views.shape[:2])
+    if objective == "supervised":
+        return F.cross_entropy(head(pooled[:, 0]), labels)
+    if objective == "simsiam":
+        z1, z2 = head.projector(pooled[:, 0]), head.projector(pooled[:, 1])
+        return simsiam_loss(head.predictor(z1), head.predictor(z2), z1, z2)
+    z1, z2 = head(pooled[:, 0]), head(pooled[:, 1])
+    if objective == "simclr":
+        return nt_xent(z1, z2, config.temperature)
+    return barlow_twins_loss(z1, z2, config.barlow_lambda)
+
+
+def train(config: TrainConfig, scenes: SceneSet | None = None, banks: dict | None = None,
+          log=print) -> tuple[SimilarityModel, dict]:
+    """Train one model; returns (model, info) where info has 'seconds' (optimisation), 'augment_seconds'
+    (building view banks), 'losses', 'snapshots' (epoch -> checkpoint payload, epoch 0 = the
+    initialisation) and 'payload' (the final checkpoint).
+
+    Same config (and thread count) -> bit-identical weights. `banks` (a dict) shares the per-epoch
+    view banks between runs with the same seed (all objectives see the same views).
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        scenes = scenes if scenes is not None else load_split("train", config.n_train, config.data_seed, config.size)
+        normalize = scene_statistics(scenes)
+        mean = torch.tensor(normalize[0]).view(1, 3, 1, 1)
+        std = torch.tensor(normalize[1]).view(1, 3, 1, 1)
+        torch.manual_seed(config.seed)
+        backbone = build_backbone(config.width)
+        head = build_head(config.objective, config.width, config.out_dim, config.n_classes)
+        params = list(backbone.parameters()) + list(head.parameters())
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        steps_per_epoch = len(scenes) // config.batch_size
+        if steps_per_epoch < 1:
+            raise ValueError(f"batch_size {config.batch_size} exceeds the {len(scenes)} training scenes")
+        total = steps_per_epoch * config.epochs
+        if config.max_steps is not None:
+            total = min(total, config.max_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+        shuffler = torch.Generator().manual_seed(config.seed)
+        cfg = asdict(config)
+        name = f"embedded-{config.objective}"
+        snapshots = {}
+        if 0 in config.snapshots:
+            snapshots[0] = checkpoint_payload(f"{name}-e00", config.objective, cfg, backbone, head, normalize, 0)
+        n_views = 1 if config.objective == "supervised" else 2
+        banks = {} if banks is None else banks
+        losses, step, seconds, augment_seconds = [], 0, 0.0, 0.0
+        backbone.train()
+        head.train()
+        for epoch in range(1, config.epochs + 1):
+            key = (config.seed, epoch, config.size, config.data_seed, len(scenes))
+            if key not in banks:
+                started = time.perf_counter()
+                banks[key] = view_bank(scenes, config.size, config.seed, epoch)
+                augment_seconds += time.perf_counter() - started
+            views = banks[key]
+            started = time.perf_counter()
+            order = torch.randperm(len(scenes), generator=shuffler)
+            epoch_losses = []
+            for batch in order[: steps_per_epoch * config.batch_size].split(config.batch_size):
+                if step >= total:
+                    break
+                x = views[batch, :n_views].float() / 255
+                loss = _loss(config.objective, config, backbone, head, x, scenes.labels[batch], mean, std)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                step += 1
+                epoch_losses.append(float(loss.detach()))
+            seconds += time.perf_counter() - started
+            losses.append(float(np.mean(epoch_losses)) if epoch_losses else float("nan"))
+            log(f"[{name}] epoch {epoch}/{config.epochs} step {step}/{total} loss {losses[-1]:.4f} "
+                f"(train {seconds:.0f} s, views {augment_seconds:.0f} s)")
+            if epoch in config.snapshots:
+                snapshots[epoch] = checkpoint_payload(f"{name}-e{epoch:02d}", config.objective, cfg, backbone, head,
+                                                      normalize, epoch)
+            if step >= total:
+                break
+        payload = checkpoint_payload(name, config.objective, cfg, backbone, head, normalize, epoch)
+    finally:
+        torch.set_num_threads(previous_threads)
+    model = model_from_payload(payload, path=f"<trained {name}>")
+    return model, {"seconds": seconds, "augment_seconds": augment_seconds, "losses": losses,
+                   "snapshots": snapshots, "payload": payload, "steps": step}
+
+
+# ------------------------------------------------------------------------------------- evaluation
+def pure_views(scenes: SceneSet, size: int) -> torch.Tensor:
+    """Pure views (SPEC 2) of all scenes, N x 3 x size x size."""
+    return torch.cat([pure_view(image, size)[0] for image in scenes.float_images()])
+
+
+@torch.no_grad()
+def _pooled_and_head(model: SimilarityModel, views: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    feats, embs = [], []
+    for batch in views.split(batch_size):
+        pooled = model.features(batch).mean((2, 3))
+        feats.append(pooled)
+        embs.append(model.head(pooled))
+    return torch.cat(feats), torch.cat(embs)
+
+
+def embed_scenes(model: SimilarityModel, scenes: SceneSet, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled backbone features and head embeddings of the pure views of all scenes."""
+    return _pooled_and_head(model, pure_views(scenes, size))
+
+
+def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                 k: int = 20) -> float:
+    """Top-1 of a k-nearest-neighbour majority vote under cosine similarity (ties: larger summed similarity)."""
+    sims = F.normalize(test_x, dim=1) @ F.normalize(train_x, dim=1).T
+    top, index = sims.topk(k, dim=1)
+    n_classes = int(max(train_y.max(), test_y.max())) + 1
+    votes = F.one_hot(train_y[index], n_classes).float()
+    score = votes.sum(1) + 1e-3 * (votes * top[..., None]).sum(1) / k
+    return float((score.argmax(1) == test_y).float().mean())
+
+
+def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> float:
+    """Top-1 of a multinomial logistic regression on standardised features (scikit-learn, lbfgs)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(train_x.numpy())
+    probe = LogisticRegression(max_iter=1000, C=1.0).fit(scaler.transform(train_x.numpy()), train_y.numpy())
+    return float((probe.predict(scaler.transform(test_x.numpy())) == test_y.numpy()).mean())
+
+
+def pair_views(scenes: SceneSet, size: int, mode: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two views (N x 3 x size x size each) of the seeded evaluation pairs of every scene."""
+    pairs = scene_pairs(len(scenes), scenes.split, seed=seed, size=size, mode=mode, scenes=scenes)
+    return torch.cat([p.x1 for p in pairs]), torch.cat([p.x2 for p in pairs])
+
+
+@torch.no_grad()
+def view_pass_rate(model: SimilarityModel, views: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Fraction of scenes i whose two views are more similar (head cosine) than view 1 of i and view 2 of i+1."""
+    e1, e2 = _pooled_and_head(model, views[0])[1], _pooled_and_head(model, views[1])[1]
+    same = F.cosine_similarity(e1, e2, dim=-1)
+    other = F.cosine_similarity(e1, e2.roll(-1, dims=0), dim=-1)
+    return float((same > other).float().mean())
+
+
+#: (train, test) scene counts of the quick kNN check that tests recompute from scratch.
+CHECK_SCENES = (400, 200)
+
+
+@dataclass
+class EvalData:
+    """Views shared by the evaluation of every checkpoint (computed once)."""
+
+    train_views: torch.Tensor
+    train_labels: torch.Tensor
+    test_views: torch.Tensor
+    test_labels: torch.Tensor
+    augmented_pairs: tuple[torch.Tensor, torch.Tensor]
+    pure_pairs: tuple[torch.Tensor, torch.Tensor]
+
+    @classmethod
+    def build(cls, train_scenes: SceneSet, test_scenes: SceneSet, size: int = 64) -> "EvalData":
+        return cls(pure_views(train_scenes, size), train_scenes.labels, pure_views(test_scenes, size), test_scenes.labels,
+                   pair_views(test_scenes, size, "augmented-augmented"), pair_views(test_scenes, size, "pure-augmented"))
+
+
+def evaluate(model: SimilarityModel, data: EvalData, k: int = 20, threads: int = 1) -> dict[str, float]:
+    """Quality numbers of one model: kNN and linear probe on backbone features (and kNN on the head
+    embedding), the view pass rates (two SimCLR views; pure view + SimCLR view), and `knn_top1_check`
+    (kNN on the first CHECK_SCENES train/test scenes, quick to recompute in tests)."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        train_f, train_e = _pooled_and_head(model, data.train_views)
+        test_f, test_e = _pooled_and_head(model, data.test_views)
+        n_train, n_test = CHECK_SCENES
+        check_train_f = _pooled_and_head(model, data.train_views[:n_train])[0]
+        check_test_f = _pooled_and_head(model, data.test_views[:n_test])[0]
+        return {
+            "knn_top1": knn_accuracy(train_f, data.train_labels, test_f, data.test_labels, k),
+            "knn_top1_head": knn_accuracy(train_e, data.train_labels, test_e, data.test_labels, k),
+            "knn_top1_check": knn_accuracy(check_train_f, data.train_labels[:n_train], check_test_f,
+                                           data.test_labels[:n_test], k),
+            "linear_probe_top1": linear_probe_accuracy(train_f, data.train_labels, test_f, data.test_labels),
+            "view_pass_rate": view_pass_rate(model, data.augmented_pairs),
+            "pure_view_pass_rate": view_pass_rate(model, data.pure_pairs),
+            "chance": 1 / len(CLASSES),
+        }
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+# ----------------------------------------------------------------------------------- build & save
+def _write_checkpoint(payload: dict, folder: Path) -> tuple[Path, str]:
+    path = folder / f"{payload['name']}.pt"
+    partial = path.with_name(path.name + ".partial")
+    torch.save(payload, partial)
+    partial.replace(path)
+    return path, sha256_of(path)
+
+
+def _round(metrics: dict[str, float]) -> dict[str, float]:
+    return {key: round(value, 4) for key, value in metrics.items()}
+
+
+def build_all(objectives: tuple[str, ...] = tuple(DEFAULT_CONFIGS), folder: str | Path | None = None, log=print) -> dict:
+    """Train the named objectives with DEFAULT_CONFIGS, save checkpoints and snapshots, evaluate them,
+    and rewrite the manifest (other entries are kept). Returns the manifest."""
+    folder = Path(folder) if folder is not None else models_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(DEFAULT_CONFIGS["simclr"].threads)  # view rendering too (threads only slow tiny ops)
+    try:
+        return _build(objectives, folder, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _build(objectives: tuple[str, ...], folder: Path, log) -> dict:
+    manifest = read_manifest(folder)
+    train_scenes = load_split("train", seed=0)
+    test_scenes = load_split("test", seed=0)
+    data = EvalData.build(train_scenes, test_scenes, DEFAULT_CONFIGS["simclr"].size)
+    banks: dict = {}
+    for objective in objectives:
+        config = DEFAULT_CONFIGS[objective]
+        model, info = train(config, train_scenes, banks=banks, log=log)
+        common = {"objective": objective, "config": asdict(config), "seed": config.seed,
+                  "torch": torch.__version__, "train_seconds": round(info["seconds"], 1),
+                  "augment_seconds": round(info["augment_seconds"], 1),
+                  "train_steps": info["steps"], "final_loss": round(info["losses"][-1], 4)}
+        random_init = None
+        outputs = [(info["payload"], model)] + [
+            (payload, model_from_payload(payload, path="<snapshot>")) for payload in info["snapshots"].values()]
+        for payload, trained in outputs:
+            path, digest = _write_checkpoint(payload, folder)
+            quality = _round(evaluate(trained, data, threads=config.threads))
+            if payload["epoch"] == 0:
+                random_init = quality
+            manifest["models"][payload["name"]] = {
+                **common, "file": path.name, "epoch": payload["epoch"], "sha256": digest,
+                "bytes": path.stat().st_size, "quality": quality}
+            log(f"[{payload['name']}] {json.dumps(quality)}")
+        if random_init is None:  # same architecture at random init, for the comparison
+            torch.manual_seed(config.seed)
+            init = checkpoint_payload("init", objective, asdict(config), build_backbone(config.width),
+                                      build_head(objective, config.width, config.out_dim, config.n_classes),
+                                      ([0.5] * 3, [0.25] * 3), 0)
+            init["normalize"] = info["payload"]["normalize"]
+            random_init = _round(evaluate(model_from_payload(init, "<init>"), data, threads=config.threads))
+        for payload, _ in outputs:
+            manifest["models"][payload["name"]]["random_init_quality"] = random_init
+        manifest["dataset"] = {"module": "cl_explain.data.scenes", "size": config.size, "seed": 0,
+                               "splits": dict(SPLIT_SIZES), "classes": list(CLASSES)}
+        manifest["rebuild"] = "make models  (python -m cl_explain.train --all)"
+        manifest["models"] = {name: entry for name, entry in sorted(manifest["models"].items()) if name in EMBEDDED_MODELS}
+        write_text_atomic(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cl_explain.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--all", action="store_true", help="train every objective (what `make models` runs)")
+    parser.add_argument("--objective", action="append", choices=OBJECTIVES, help="train this objective (repeatable)")
+    parser.add_argument("--out", default=None, help="output folder (default: data/models of the checkout)")
+    args = parser.parse_args(argv)
+    objectives = tuple(DEFAULT_CONFIGS) if args.all else tuple(args.objective or ())
+    if not objectives:
+        parser.error("give --all or at least one --objective")
+    build_all(objectives, args.out, log=lambda message: print(message, flush=True))
+
+
+if __name__ == "__main__":
+    main()
