@@ -31,11 +31,19 @@ env: $(STAMP) ## create the environment (.venv) with the pinned torch and the pa
 figures: $(STAMP) $(EXECUTED) ## regenerate every figure and table (PROFILE=full writes figures/, PROFILE=ci build/ci/figures/)
 	@echo "figures written for profile $(PROFILE)"
 
+# Figures are written to a staging folder and replace the profile's figure_dir (read from the params
+# file) only when the whole notebook succeeded: a failed run leaves neither an executed notebook nor
+# a half-updated figure folder. Each run's wall time is appended to build/<profile>/timings.txt.
+STAGING := build/$(PROFILE)/staging
 build/$(PROFILE)/%.ipynb: notebooks/%.ipynb params/$(PROFILE)/%.yaml $(SOURCES) | $(STAMP)
-	@mkdir -p $(dir $@)
+	@mkdir -p $(dir $@) && rm -rf $(STAGING)/$*
+	@start=$$SECONDS; set -e; \
 	$(VENV)/bin/papermill -k python3 --cwd notebooks --execution-timeout $(TIMEOUT) --log-level WARNING \
-		-f params/$(PROFILE)/$*.yaml $< $@.partial
-	@mv $@.partial $@
+		-f params/$(PROFILE)/$*.yaml -p figure_dir ../$(STAGING)/$* $< $(basename $@).partial.ipynb; \
+	dest=notebooks/$$($(PY) -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["figure_dir"])' params/$(PROFILE)/$*.yaml); \
+	rm -rf "$$dest" && mkdir -p "$$(dirname "$$dest")" && mv $(STAGING)/$* "$$dest"; \
+	mv $(basename $@).partial.ipynb $@; \
+	echo "$* $$((SECONDS - start)) s" | tee -a build/$(PROFILE)/timings.txt
 
 test: $(STAMP) ## run unit tests, notebook tests (nbval) and the papermill CI-profile smoke run
 	$(PY) -m pytest -q tests

@@ -1,0 +1,282 @@
+"""Benchmark helpers: pass counting against hand-made loops, the overhead formula, precision comparison."""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cl_explain import bench, explain
+from cl_explain.explainers.base import bf16_supported, list_methods
+from cl_explain.explainers.occlusion import occlusion_grid
+from cl_explain.metrics import METRICS
+from cl_explain.models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel
+
+SIDE = 16
+
+
+def tiny_model(seed: int = 0) -> SimilarityModel:
+    torch.manual_seed(seed)
+    backbone = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(8, 6, 3, stride=2, padding=1, bias=False)
+    )
+    head = nn.Sequential(nn.Linear(6, 8, bias=False), nn.Tanh(), nn.Linear(8, 5, bias=False))
+    return SimilarityModel(backbone, head, (IMAGENET_MEAN, IMAGENET_STD))
+
+
+def tiny_pairs(n: int = 2, seed: int = 1) -> list[bench.BenchPair]:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(2 * n, 3, 4, 4, generator=g)
+    x = F.interpolate(coarse, size=(SIDE, SIDE), mode="bilinear", align_corners=False).clamp(0, 1)
+    return [bench.BenchPair(x[2 * i : 2 * i + 1], x[2 * i + 1 : 2 * i + 2], name=f"p{i}") for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------ pass counting
+
+
+def test_counter_counts_exactly_what_a_hand_made_loop_does():
+    model = tiny_model()
+    x = torch.rand(7, 3, SIDE, SIDE)
+    with bench.count_passes(model) as count:
+        with torch.no_grad():
+            model.embed(x[:3])  # 3 forward
+            model.embed(x[:5])  # 5 forward
+        a = x[:2].clone().requires_grad_(True)
+        torch.autograd.grad(model.embed(a).sum(), a)  # 2 forward + backward
+        b = x[:4].clone().requires_grad_(True)
+        model.embed(b)  # 4 forward with a graph, never differentiated
+        with torch.inference_mode():
+            model.embed(x[:1])  # 1 forward
+    assert (count.forward, count.forward_grad, count.backward) == (9, 6, 2)
+    assert count.forward_only == 13 and count.total_forward == 15
+    assert dict(count.batches) == {(3, False): 1, (5, False): 1, (2, True): 1, (4, True): 1, (1, False): 1}
+
+
+def test_head_only_gradient_is_not_a_backbone_backward():
+    """CAM methods differentiate pooling + head only: no backward pass through the backbone."""
+    model = tiny_model()
+    x = torch.rand(2, 3, SIDE, SIDE)
+    with bench.count_passes(model) as count:
+        with torch.no_grad():
+            fmap = model.features(x)
+        fmap = fmap.requires_grad_(True)
+        torch.autograd.grad(model.embed_features(fmap).sum(), fmap)
+    assert (count.forward, count.forward_grad, count.backward) == (2, 0, 0)
+
+
+def test_counter_hook_is_removed_even_on_error():
+    model = tiny_model()
+    with pytest.raises(RuntimeError, match="boom"):
+        with bench.count_passes(model):
+            assert len(model.backbone._forward_hooks) == 1
+            raise RuntimeError("boom")
+    assert len(model.backbone._forward_hooks) == 0
+    with pytest.raises(TypeError, match="backbone"):
+        with bench.count_passes(nn.Linear(2, 2)):
+            pass
+
+
+def test_run_method_counts_the_occlusion_grid_and_the_pair():
+    """Occlusion: every window of both images + f(x1), f(x2) once + explain's score (2 images)."""
+    model, pairs = tiny_model(), tiny_pairs(2)
+    run = bench.run_method(model, pairs, "occlusion", {"window": 6, "stride": 2}, batch_size=16)
+    windows = len(occlusion_grid(SIDE, SIDE, 6, 2))
+    assert windows == 36
+    for count in run.counts:
+        assert (count.forward, count.forward_grad, count.backward) == (2 * windows + 2 + 2, 0, 0)
+    assert len(run.seconds) == 2 and all(s > 0 for s in run.seconds)
+    assert run.passes_per_pair.forward == 2 * windows + 4
+
+
+def test_run_method_counts_gradient_passes():
+    """Input x Gradient: x1 and x2 forward with a graph and one backward each, plus explain's score."""
+    model, pairs = tiny_model(), tiny_pairs(1)
+    count = bench.run_method(model, pairs, "input_x_gradient", batch_size=4).counts[0]
+    assert (count.forward, count.forward_grad, count.backward) == (2, 2, 2)
+
+
+def test_measure_throughput_runs_the_passes_it_claims():
+    model = tiny_model()
+    images = torch.rand(3, 3, SIDE, SIDE)
+    with bench.count_passes(model) as count:
+        rate = bench.measure_throughput(model, images, 4, batches=2, warmup=1)
+    assert count.forward == 12 and count.backward == 0 and rate > 0 and math.isfinite(rate)
+    with bench.count_passes(model) as count:
+        bench.measure_throughput(model, images, 5, backward=True, batches=1, warmup=0)
+    assert (count.forward_grad, count.backward) == (5, 5)
+    with pytest.raises(ValueError, match="batch"):
+        bench.measure_throughput(model, images[0, 0], 4)
+
+
+# ------------------------------------------------------------------------------------ overhead ratio
+
+
+def test_overhead_ratio_formula():
+    count = bench.PassCount(forward=8, forward_grad=6, backward=4)  # 10 forward-only + 4 with backward
+    assert bench.ideal_seconds(count, forward_throughput=5.0, train_throughput=2.0) == pytest.approx(10 / 5 + 4 / 2)
+    assert bench.overhead_ratio(6.0, count, 5.0, 2.0) == pytest.approx(1.5)
+    forward_only = bench.PassCount(forward=20)
+    assert bench.overhead_ratio(5.0, forward_only, 4.0) == pytest.approx(1.0)
+    assert bench.overhead_ratio(1.0, bench.PassCount(), 4.0) is None
+    with pytest.raises(ValueError, match="forward\\+backward"):
+        bench.overhead_ratio(1.0, count, 5.0)
+    with pytest.raises(ValueError, match="positive"):
+        bench.ideal_seconds(forward_only, 0.0)
+
+
+def test_batch_aware_seconds_times_each_batch_at_its_own_size():
+    count = bench.PassCount(forward=18, forward_grad=4, backward=4)
+    count.batches.update({(16, False): 1, (1, False): 2, (2, True): 2})
+    rates = {(16, False): 8.0, (1, False): 4.0, (2, True): 2.0}
+    assert bench.batch_aware_seconds(count, rates) == pytest.approx(16 / 8 + 2 * 1 / 4 + 2 * 2 / 2)
+    with pytest.raises(ValueError, match="no throughput"):
+        bench.batch_aware_seconds(count, {(16, False): 8.0})
+
+
+# ------------------------------------------------------------------------------ precision agreement
+
+
+def test_rank_correlation_cases():
+    a = torch.rand(5, 5, generator=torch.Generator().manual_seed(0))
+    assert bench.rank_correlation(a, a) == pytest.approx(1.0)
+    assert bench.rank_correlation(a, a.exp() * 3) == pytest.approx(1.0)  # monotone transform keeps ranks
+    assert bench.rank_correlation(a, -a) == pytest.approx(-1.0)
+    assert bench.rank_correlation(torch.ones(3, 3), torch.ones(3, 3)) == 1.0
+    assert bench.rank_correlation(torch.ones(3, 3), a[:3, :3]) == 0.0
+    with pytest.raises(ValueError, match="shape"):
+        bench.rank_correlation(a, a[:2])
+
+
+def test_fp32_against_fp32_agrees_for_methods_and_fails_when_maps_differ():
+    model, pairs = tiny_model(), tiny_pairs(2)
+    first = bench.run_method(model, pairs, "gradcam", batch_size=4)
+    second = bench.run_method(model, pairs, "gradcam", batch_size=4)
+    agreement = bench.compare_precision_runs(first, second)
+    assert agreement.min_rank_correlation == pytest.approx(1.0) and agreement.max_auc_difference is None
+    assert agreement.passed
+    shuffled = [tuple(m.flatten()[torch.randperm(m.numel(), generator=torch.Generator().manual_seed(3))].view_as(m)
+                      for m in maps) for maps in second.outputs]
+    worse = bench.compare_precision_runs(first, bench.Run("gradcam", [], [], shuffled))
+    assert worse.min_rank_correlation < 0.99 and not worse.passed
+
+
+def test_fp32_against_fp32_agrees_for_auc_metrics_and_fails_beyond_tolerance():
+    model, pairs = tiny_model(), tiny_pairs(2)
+    explanations = [explain(model, p.x1, p.x2, "gradcam") for p in pairs]
+    options = {"step": 32}
+    first = bench.run_metric(model, pairs, explanations, "deletion_conditional", options, batch_size=8)
+    second = bench.run_metric(model, pairs, explanations, "deletion_conditional", options, batch_size=8)
+    agreement = bench.compare_precision_runs(first, second)
+    assert agreement.max_auc_difference == 0.0 and agreement.min_rank_correlation is None and agreement.passed
+    shifted = [{k: v + (0.02 if k == "deletion_conditional_2" else 0.0) for k, v in values.items()}
+               for values in second.outputs]
+    worse = bench.compare_precision_runs(first, bench.Run("deletion_conditional", [], [], shifted))
+    assert worse.max_auc_difference == pytest.approx(0.02) and not worse.passed
+    # the metric's own passes: N+1 curve points per direction + the intact image once per direction
+    points = SIDE * SIDE // 32 + 1
+    assert first.counts[0].forward == 2 * points + 2
+
+
+def test_run_metric_not_applicable_cases():
+    model, pairs = tiny_model(), tiny_pairs(1)
+    explanation = [explain(model, pairs[0].x1, pairs[0].x2, "occlusion", window=6, stride=2)]
+    run = bench.run_metric(model, pairs, explanation, "max_sensitivity")
+    assert run.not_applicable and "occlusion" in run.not_applicable and run.seconds == []
+    grounding = bench.run_metric(model, pairs, explanation, "pointing_game")
+    assert grounding.not_applicable and "masks" in grounding.not_applicable
+
+
+def test_bf16_status_matches_hardware_support():
+    supported, reason = bench.bf16_status("cpu")
+    assert supported == bf16_supported(torch.device("cpu"))
+    assert isinstance(reason, str) and (supported or reason.startswith("unsupported on this CPU"))
+
+
+def test_max_rss_is_at_least_the_current_resident_memory():
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        pytest.skip("needs /proc (Linux)")
+    current_kib = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmRSS"))
+    assert bench.max_rss_mb() >= current_kib / 1024 * 0.99
+
+
+# --------------------------------------------------------------------------------------- the script
+
+
+def _load_script():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_covers_every_method_and_metric_and_parses_its_options():
+    script = _load_script()
+    public = {name for name in list_methods() if not name.startswith("_")}  # other test modules register "_test" methods
+    assert set(script.METHODS) == public
+    assert set(script.METRIC_NAMES) == set(METRICS)
+    for model in script.PROFILES.values():
+        for profile in model.values():
+            assert set(profile["methods"]) <= set(list_methods())
+    args = script.parse_args(["--quick", "--models", "embedded"])
+    assert args.pairs == 10 and args.quick and not args.full
+    with pytest.raises(SystemExit):
+        script.parse_args(["--models", "vgg"])
+    with pytest.raises(SystemExit):
+        script.parse_args(["--quick", "--full"])
+
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path):
+    script = _load_script()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n## Benchmark\nintro\n{script.README_START}\nold table\n{script.README_END}\nafter\n")
+    script.update_readme(readme, "| new |\n")
+    assert readme.read_text() == f"# x\n\n## Benchmark\nintro\n{script.README_START}\n| new |\n{script.README_END}\nafter\n"
+    readme.write_text("# no markers\n")
+    with pytest.raises(SystemExit, match="markers|bench:start"):
+        script.update_readme(readme, "| new |\n")
+
+
+def test_bf16_table_path_with_fp32_runs_standing_in(tmp_path):
+    """The bf16 comparison of the script, fed an fp32 run twice (bf16 cannot run on AVX2-only CPUs)."""
+    script = _load_script()
+    runner = script.Bench(script.parse_args(["--quick", "--models", "embedded", "--output", str(tmp_path / "b.md")]))
+    runner.bf16 = {"supported": True, "reason": "stand-in"}
+    model, pairs = tiny_model(), tiny_pairs(2)
+    run = bench.run_method(model, pairs, "occlusion", {"window": 6, "stride": 2}, batch_size=16)
+    torch.save([list(maps) for maps in run.outputs], tmp_path / "maps.pt")
+    method = {"seconds": run.seconds, "counts": [c.as_dict() for c in run.counts], "throughput": {"forward": 1e3},
+              "batch_throughput": [[size, grad, 1e3] for size, grad in run.counts[0].batches],
+              "peak_rss_mb": 10.0, "baseline_rss_mb": 5.0, "maps": str(tmp_path / "maps.pt"), "settings": {}}
+    explanations = [explain(model, p.x1, p.x2, "gradcam") for p in pairs]
+    metric_run = bench.run_metric(model, pairs, explanations, "deletion_simultaneous", {"step": 32}, batch_size=8)
+    metric = {"seconds": metric_run.seconds, "counts": [c.as_dict() for c in metric_run.counts],
+              "values": metric_run.outputs, "throughput": {"forward": 1e3},
+              "batch_throughput": [[size, grad, 1e3] for size, grad in metric_run.counts[0].batches], "settings": {}}
+    runner.results["models"]["embedded"] = {
+        "title": "tiny", "pairs": 2, "batch_size": 16, "throughput": {}, "memory": [],
+        "methods": {"occlusion": {"fp32": method, "bf16": dict(method)}},
+        "metrics": {"deletion_simultaneous": {"fp32": metric, "bf16": dict(metric)}},
+    }
+    text = runner.markdown()
+    # equal runs: speed-up 1.00 misses the 1.8x target of perturbation rows, agreement is perfect
+    assert "| occlusion | 1.00 | 1.0000 |  | MISSED |" in text
+    assert "| deletion_simultaneous | 1.00 |  | 0.0000 | MISSED |" in text
+
+
+def test_pass_counts_round_trip_and_average():
+    a = bench.PassCount(forward=10, forward_grad=2, backward=2)
+    a.batches.update({(8, False): 1, (2, True): 1, (1, False): 2})
+    again = bench.PassCount.from_dict(a.as_dict())
+    assert again == a
+    b = bench.PassCount(forward=13, forward_grad=2, backward=2)
+    mean = bench.mean_count([a, b])
+    assert (mean.forward, mean.forward_grad, mean.backward) == (round(11.5), 2, 2) and mean.batches == a.batches
+    with pytest.raises(ValueError, match="no pass counts"):
+        bench.mean_count([])
