@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data.pairs import Pair
 from .explainers.base import bf16_supported, explain, get_method, precision_context
 from .metrics import METRICS, MetricNotApplicable, evaluate_pair
 from .models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel, cosine
@@ -222,21 +223,6 @@ def bf16_status(device: torch.device | str = "cpu") -> tuple[bool, str]:
 
 
 @dataclass
-class BenchPair:
-    """One benchmark pair: two 1x3xHxW views in [0, 1], optional object masks, a name."""
-
-    x1: torch.Tensor
-    x2: torch.Tensor
-    mask1: torch.Tensor | None = None
-    mask2: torch.Tensor | None = None
-    name: str = "pair"
-
-    @property
-    def masks(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        return None if self.mask1 is None or self.mask2 is None else (self.mask1, self.mask2)
-
-
-@dataclass
 class Run:
     """A method or metric timed on each pair: seconds, pass counts, and its output per pair
     (maps for a method, metric values for a metric, None where the metric is not applicable)."""
@@ -264,7 +250,7 @@ def mean_count(counts: Sequence[PassCount]) -> PassCount:
 
 def run_method(
     model: SimilarityModel,
-    pairs: Sequence[BenchPair],
+    pairs: Sequence[Pair],
     method: str,
     params: dict[str, Any] | None = None,
     *,
@@ -287,7 +273,7 @@ def run_method(
 
 def run_metric(
     model: SimilarityModel,
-    pairs: Sequence[BenchPair],
+    pairs: Sequence[Pair],
     explanations: Sequence[Any],
     metric: str,
     options: dict[str, Any] | None = None,
@@ -303,14 +289,15 @@ def run_metric(
     """
     if len(explanations) != len(pairs):
         raise ValueError(f"need one explanation per pair, got {len(explanations)} for {len(pairs)} pairs")
-    if METRICS[metric].family == "grounding" and any(pair.masks is None for pair in pairs):
+    if METRICS[metric].family == "grounding" and any(not pair.has_masks for pair in pairs):
         return Run(metric, [], [], [], not_applicable=f"{metric} needs object masks; these pairs have none")
     seconds, counts, outputs, reasons = [], [], [], []
     for pair, explanation in zip(pairs, explanations):
         with count_passes(model) as count:
             start = time.perf_counter()
             try:
-                values = evaluate_pair(model, pair.x1, pair.x2, explanation, metrics=[metric], masks=pair.masks,
+                masks = (pair.mask1, pair.mask2) if pair.has_masks else None
+                values = evaluate_pair(model, pair.x1, pair.x2, explanation, metrics=[metric], masks=masks,
                                        batch_size=batch_size, precision=precision, **(options or {}))
             except MetricNotApplicable as reason:
                 values = None
@@ -400,7 +387,7 @@ def resnet50_similarity_model(seed: int = 0) -> SimilarityModel:
 PHOTOS = ("chelsea", "coffee", "astronaut")
 
 
-def photo_pairs(n: int, size: int = 224, seed: int = 0) -> list[BenchPair]:
+def photo_pairs(n: int, size: int = 224, seed: int = 0) -> list[Pair]:
     """`n` (pure, augmented) pairs of scikit-image's bundled photos at `size` px, seeded (no masks)."""
     import skimage.data
 
@@ -412,11 +399,11 @@ def photo_pairs(n: int, size: int = 224, seed: int = 0) -> list[BenchPair]:
     for i, name in enumerate(PHOTOS[:n]):
         image = torch.from_numpy(np.ascontiguousarray(getattr(skimage.data, name)())).permute(2, 0, 1).float() / 255
         pair = make_pair(image, seed + i, size=size, pair_id=name)
-        pairs.append(BenchPair(pair.x1, pair.x2, name=name))
+        pairs.append(pair)
     return pairs
 
 
-def pair_images(pairs: Sequence[BenchPair]) -> torch.Tensor:
+def pair_images(pairs: Sequence[Pair]) -> torch.Tensor:
     """All views of the pairs as one batch (the image pool for throughput measurements)."""
     return torch.cat([x for p in pairs for x in (p.x1, p.x2)])
 

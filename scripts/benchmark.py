@@ -142,8 +142,7 @@ def build_pairs(model_name: str, n: int):
         return bench.photo_pairs(n, size=224)
     from cl_explain.data.scenes import scene_pairs
 
-    return [bench.BenchPair(p.x1, p.x2, p.mask1, p.mask2, name=p.pair_id)
-            for p in scene_pairs(n, "test", seed=0, size=64)]
+    return scene_pairs(n, "test", seed=0, size=64)
 
 
 def _warm_up(model, pairs, backward: bool) -> None:

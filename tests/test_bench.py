@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_explain import bench, explain
+from cl_explain.data.pairs import Pair
 from cl_explain.explainers.base import bf16_supported, list_methods
 from cl_explain.explainers.occlusion import occlusion_grid
 from cl_explain.metrics import METRICS
@@ -28,11 +29,11 @@ def tiny_model(seed: int = 0) -> SimilarityModel:
     return SimilarityModel(backbone, head, (IMAGENET_MEAN, IMAGENET_STD))
 
 
-def tiny_pairs(n: int = 2, seed: int = 1) -> list[bench.BenchPair]:
+def tiny_pairs(n: int = 2, seed: int = 1) -> list[Pair]:
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(2 * n, 3, 4, 4, generator=g)
     x = F.interpolate(coarse, size=(SIDE, SIDE), mode="bilinear", align_corners=False).clamp(0, 1)
-    return [bench.BenchPair(x[2 * i : 2 * i + 1], x[2 * i + 1 : 2 * i + 2], name=f"p{i}") for i in range(n)]
+    return [Pair(x[2 * i : 2 * i + 1], x[2 * i + 1 : 2 * i + 2], pair_id=f"p{i}") for i in range(n)]
 
 
 # ------------------------------------------------------------------------------------ pass counting
