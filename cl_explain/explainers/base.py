@@ -133,12 +133,12 @@ def get_method(name: str) -> MethodSpec:
 def list_methods() -> dict[str, dict[str, Any]]:
     """Method names -> their parameters with defaults (paper values at 224 px, common ones included)."""
     _load_all_methods()
-    return {name: {**spec.defaults, **COMMON_PARAMS} for name, spec in sorted(_REGISTRY.items())}
+    return {name: {**COMMON_PARAMS, **spec.defaults} for name, spec in sorted(_REGISTRY.items())}
 
 
 def resolve_params(spec: MethodSpec, side: int, params: dict[str, Any]) -> dict[str, Any]:
     """Merge user parameters over the (size-scaled) defaults, rejecting unknown names and bad choices."""
-    allowed = {**spec.defaults, **COMMON_PARAMS}
+    allowed = {**COMMON_PARAMS, **spec.defaults}  # a method may set its own batch_size default
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ValueError(

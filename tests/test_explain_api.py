@@ -1,4 +1,4 @@
-"""Averaged Transforms builds its own aligned partner T(x1); explain records it and the metrics score that pair."""
+"""The explain() API: partner images of Averaged Transforms (scored by the metrics) and per-method defaults."""
 from dataclasses import replace
 
 import torch
@@ -41,3 +41,13 @@ def test_pair_metrics_score_the_partner_pair():
     assert set(metrics) <= set(via_partner)
     assert via_partner == explicit  # the unrelated x2 was replaced by the partner
     assert via_partner != with_unrelated
+
+
+def test_gradient_methods_default_to_small_backward_batches():
+    from cl_explain import list_methods
+
+    methods = list_methods()
+    assert methods["smoothgrad"]["batch_size"] == 8 and methods["averaged_transforms"]["batch_size"] == 8
+    assert methods["occlusion"]["batch_size"] == 64
+    exp = explain(small_model(), torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16), "smoothgrad", samples=4)
+    assert exp.params["batch_size"] == 8
