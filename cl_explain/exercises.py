@@ -177,8 +177,10 @@ def _check_joint_weight(function: Callable) -> tuple[bool, str, float | None]:
     f2 = torch.rand(1, 5, 4, 3, generator=generator) * 2
     worst = 0.0
     for reduction in ("mean", "max", "attn"):
-        pool = cam._REDUCTIONS[reduction]
-        expected = (pool(f1) * pool(f2)).flatten()
+        def pool(feat: torch.Tensor) -> torch.Tensor:
+            return cam.channel_pool(feat, reduction)
+
+        expected = cam.joint_channel_weight(f1, f2, reduction).flatten()
         output = _as_tensor(function(f1.clone(), f2.clone(), reduction), f"alpha for reduction={reduction!r}")
         if output.numel() != expected.numel():
             raise _Mistake(

@@ -66,6 +66,18 @@ _REDUCTIONS = {
 }
 
 
+def channel_pool(feat: Tensor, reduction: str = "mean") -> Tensor:
+    """r(F): BxDxhxw -> BxD by global mean, global max or attention pooling."""
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {tuple(_REDUCTIONS)}")
+    return _REDUCTIONS[reduction](feat)
+
+
+def joint_channel_weight(f1: Tensor, f2: Tensor, reduction: str = "mean") -> Tensor:
+    """Interaction-CAM's alpha = r(F1) * r(F2) (BxD): large only for channels active in BOTH images."""
+    return channel_pool(f1, reduction) * channel_pool(f2, reduction)
+
+
 def interaction_gradients(g1: Tensor, g2: Tensor) -> tuple[Tensor, Tensor]:
     """IntGradMax: M = G1^T G2 (D x D, summed over positions); G1'[c] = max_j M[c, j], G2'[c] = max_i M[i, c].
 
@@ -100,8 +112,7 @@ def interaction_cam(
     two gradients when `grad_interaction`. `batch_size` is accepted for the common call shape and unused.
     """
     f1, f2, g1, g2 = pair_features_and_gradients(model, x1, x2)
-    pool = _REDUCTIONS[reduction]
-    alpha = (pool(f1) * pool(f2))[:, :, None, None]
+    alpha = joint_channel_weight(f1, f2, reduction)[:, :, None, None]
     if grad_interaction:
         g1, g2 = interaction_gradients(g1, g2)
     cam1 = (f1 * alpha * F.relu(g1)).sum(dim=1)[0]
