@@ -118,15 +118,6 @@ def cam_method(model, x1, x2, batch_size=64):
         return tuple((model.features(x)[0] * weights).sum(0) for x in (x1, x2))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: extra threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def only_test_methods(monkeypatch):
     """Keep the real explainer modules (owned by others) out of these unit tests."""

@@ -35,14 +35,6 @@ def own_image_method(model, x1, x2, batch_size=64):
     return x1.mean(1)[0], (0.5 * x1).mean(1)[0] ** 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def only_test_methods(monkeypatch):
     monkeypatch.setattr(base, "_load_all_methods", lambda: None)
