@@ -32,7 +32,7 @@ from torch import nn
 
 from .data.pairs import Pair
 from .explainers.base import bf16_supported, explain, get_method, precision_context
-from .metrics import METRICS, MetricNotApplicable, evaluate_pair
+from .metrics import METRICS, MetricNotApplicable, evaluate_pair, evaluate_pairs
 from .models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel, cosine
 
 #: Metrics whose value is an insertion/deletion AUC (compared between precisions to within 0.01).
@@ -232,10 +232,14 @@ class Run:
     counts: list[PassCount]
     outputs: list[Any]
     not_applicable: str | None = None
+    pairs_per_call: int = 1  # > 1: each timing and count covers that many pairs (one batched call)
 
     @property
     def passes_per_pair(self) -> PassCount:
-        return mean_count(self.counts)
+        count = mean_count(self.counts)
+        if self.pairs_per_call == 1:
+            return count
+        return PassCount(*(round(getattr(count, key) / self.pairs_per_call) for key in ("forward", "forward_grad", "backward")))
 
 
 def mean_count(counts: Sequence[PassCount]) -> PassCount:
@@ -281,8 +285,10 @@ def run_metric(
     batch_size: int = 64,
     precision: str = "fp32",
 ) -> Run:
-    """`evaluate_pair` with one metric on each (pair, explanation), timed and pass-counted.
+    """`evaluate_pairs` with one metric on all (pair, explanation)s in one call, timed and pass-counted,
+    as `evaluate` scores them (drop/increase shares its batches across pairs).
 
+    The Run holds one timing and one count for the whole call (`pairs_per_call` = the number of pairs).
     Outputs are the metric values per pair, None for a pair where the metric is not applicable
     (e.g. a relative drop when S <= 0). When it applies to no pair (grounding without masks,
     max-sensitivity of an occlusion method) the Run has `not_applicable` set to the reason.
@@ -291,23 +297,19 @@ def run_metric(
         raise ValueError(f"need one explanation per pair, got {len(explanations)} for {len(pairs)} pairs")
     if METRICS[metric].family == "grounding" and any(not pair.has_masks for pair in pairs):
         return Run(metric, [], [], [], not_applicable=f"{metric} needs object masks; these pairs have none")
-    seconds, counts, outputs, reasons = [], [], [], []
-    for pair, explanation in zip(pairs, explanations):
-        with count_passes(model) as count:
-            start = time.perf_counter()
-            try:
-                masks = (pair.mask1, pair.mask2) if pair.has_masks else None
-                values = evaluate_pair(model, pair.x1, pair.x2, explanation, metrics=[metric], masks=masks,
-                                       batch_size=batch_size, precision=precision, **(options or {}))
-            except MetricNotApplicable as reason:
-                values = None
-                reasons.append(str(reason))
-            seconds.append(time.perf_counter() - start)
-        counts.append(count)
-        outputs.append(values)
-    if len(reasons) == len(pairs):
-        return Run(metric, [], [], [], not_applicable=reasons[0])
-    return Run(metric, seconds, counts, outputs)
+    with count_passes(model) as count:
+        start = time.perf_counter()
+        values = evaluate_pairs(model, pairs, explanations, [metric], on_not_applicable="skip",
+                                batch_size=batch_size, precision=precision, **(options or {}))
+        seconds = time.perf_counter() - start
+    outputs = [v if v else None for v in values]
+    if all(v is None for v in outputs):
+        try:  # ask the first pair why
+            evaluate_pair(model, pairs[0].x1, pairs[0].x2, explanations[0], metrics=[metric],
+                          batch_size=batch_size, precision=precision, **(options or {}))
+        except MetricNotApplicable as reason:
+            return Run(metric, [], [], [], not_applicable=str(reason))
+    return Run(metric, [seconds], [count], outputs, pairs_per_call=len(pairs))
 
 
 # ---------------------------------------------------------------------------- precision agreement

@@ -233,7 +233,7 @@ def _metrics_block(model, pairs, spec) -> dict[str, Any]:
     for metric in METRIC_NAMES:
         run = bench.run_metric(model, pairs, explanations, metric, spec["options"], batch_size=spec["batch_size"],
                                precision=spec["precision"])
-        rows[metric] = {"not_applicable": run.not_applicable, "seconds": run.seconds,
+        rows[metric] = {"not_applicable": run.not_applicable, "seconds": run.seconds, "pairs_per_call": run.pairs_per_call,
                         "counts": [c.as_dict() for c in run.counts], "values": run.outputs}
     peak = bench.max_rss_mb()
     after = _throughput(model, pairs, spec, False, forward_batches, 0)
@@ -376,7 +376,7 @@ class Bench:
     # ------------------------------------------------------------------------------------ tables
 
     def row(self, model: str, name: str, precision: str, result: dict, targeted: bool) -> list[str]:
-        from cl_explain.bench import batch_aware_seconds, format_ratio, overhead_ratio
+        from cl_explain.bench import PassCount, batch_aware_seconds, format_ratio, overhead_ratio
 
         settings = _settings(result.get("settings", {}))
         if "error" in result:
@@ -385,11 +385,14 @@ class Bench:
             return [name, settings, precision, f"NA ({result['not_applicable'][:80]})"] + [""] * 8
         tp = result["throughput"]
         reference = (tp["forward"], tp.get("train"))
-        count = pass_count(result["counts"])
-        seconds = float(statistics.median(result["seconds"]))
-        ratio = overhead_ratio(seconds, count, *reference)
+        count = pass_count(result["counts"])  # per call: one pair (methods) or all pairs at once (metrics)
+        per_call = result.get("pairs_per_call", 1)
+        call_seconds = float(statistics.median(result["seconds"]))
+        ratio = overhead_ratio(call_seconds, count, *reference)
         own = batch_aware_seconds(count, {(size, grad): rate for size, grad, rate in result["batch_throughput"]})
-        own_ratio = seconds / own if own > 0 else None
+        own_ratio = call_seconds / own if own > 0 else None
+        seconds = call_seconds / per_call
+        count = PassCount(*(round(getattr(count, key) / per_call) for key in ("forward", "forward_grad", "backward")))
         result["overhead"], result["overhead_own_batches"], result["seconds_per_pair"] = ratio, own_ratio, seconds
         target = ""
         if targeted and precision == "fp32":
@@ -437,7 +440,8 @@ class Bench:
             "",
             f"bf16: {'supported' if self.bf16['supported'] else self.bf16['reason']}.",
             "",
-            "Columns: s/pair = seconds per pair (median over the pairs); fwd = images through the backbone without "
+            "Columns: s/pair = seconds per pair (methods: median over the pairs; metrics: all pairs scored in one "
+            "`evaluate_pairs` call, as `evaluate` does, divided by the number of pairs); fwd = images through the backbone without "
             "a backward pass, bwd = images with forward+backward, per pair (counted by a hook on the backbone); "
             "fwd/s and f+b/s = throughput of the same model, batch size, precision and images, measured in the same "
             "process right after the row; overhead = s/pair / (fwd / fwd/s + bwd / f+b/s); overhead (own batches) = the "

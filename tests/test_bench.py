@@ -179,7 +179,8 @@ def test_fp32_against_fp32_agrees_for_auc_metrics_and_fails_beyond_tolerance():
     assert worse.max_auc_difference == pytest.approx(0.02) and not worse.passed
     # the metric's own passes: N+1 curve points per direction + the intact image once per direction
     points = SIDE * SIDE // 32 + 1
-    assert first.counts[0].forward == 2 * points + 2
+    assert first.pairs_per_call == 2 and len(first.counts) == 1  # both pairs scored in one call
+    assert first.passes_per_pair.forward == 2 * points + 2 and first.counts[0].forward == 2 * (2 * points + 2)
 
 
 def test_run_metric_not_applicable_cases():

@@ -73,6 +73,27 @@ def test_fit_surrogate_matches_numpy_gradient_descent():
     assert w0.abs().max() <= 1 / 12**0.5  # nn.Linear's default uniform bound
 
 
+def test_fit_surrogate_with_nmf_term_matches_autograd_sgd():
+    """The hand-written gradient (BCE + MSE on the sigmoid + L1) equals torch autograd + torch.optim.SGD."""
+    g = torch.Generator().manual_seed(4)
+    pure, views = torch.rand(10, generator=g), torch.rand(30, 10, generator=g)
+    labels, targets = torch.rand(30, generator=g), torch.rand(30, generator=g)
+    w0, b0 = fit_surrogate(pure, views, labels, epochs=0, seed=1)
+    w, b = fit_surrogate(pure, views, labels, epochs=15, lr=0.05, l1=0.2, nmf_targets=targets, seed=1)
+    rw, rb = w0.clone().requires_grad_(), b0.clone().requires_grad_()
+    optimizer = torch.optim.SGD([rw, rb], lr=0.05)
+    for _ in range(15):
+        pred = ((pure @ rw + rb) + (views @ rw + rb)) / 2
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(pred, labels, reduction="sum")
+        loss = loss + 0.2 * (rw.abs().sum() + rb.abs().sum())
+        loss = loss + torch.nn.functional.mse_loss(torch.sigmoid(pred), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    torch.testing.assert_close(w, rw.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(b, rb.detach(), rtol=1e-4, atol=1e-5)
+
+
 def test_weights_to_map_threshold_blur_resize():
     s = 16
     weights = torch.zeros(3, s, s)

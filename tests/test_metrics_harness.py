@@ -259,3 +259,52 @@ def test_summarise_ci_contains_mean_and_shrinks_with_n():
     table = format_table(summary)
     assert table.splitlines()[0] == "| method | SD ↓ | MS ↓ |"
     assert table.splitlines()[-1] == f"| large | {large['mean']:.3f} [{large['ci_low']:.3f}, {large['ci_high']:.3f}] | NA |"
+
+
+def test_drop_increase_many_equals_pair_by_pair_and_shares_batches(monkeypatch):
+    from cl_explain.metrics import drop_increase_many
+    from test_metrics import staged_model
+
+    model = staged_model()
+    g = torch.Generator().manual_seed(8)
+    items = []
+    for i, side in enumerate([SIDE, SIDE, 2 * SIDE, SIDE, 2 * SIDE, SIDE]):
+        x1, x2 = (torch.rand(1, 3, side, side, generator=g) for _ in range(2))
+        map1, map2 = torch.rand(side, side, generator=g), torch.rand(side // 2, side // 2, generator=g)
+        items.append((x1, x2, map1, None if i == 3 else map2))
+    expected = [drop_increase(model, *item) for item in items]
+    sizes = []
+    original = model.embed
+    monkeypatch.setattr(model, "embed", lambda x: (sizes.append(len(x)), original(x))[1])
+    got = drop_increase_many(model, items, batch_size=8)
+    assert len(got) == len(items)
+    for want, have in zip(expected, got):
+        assert set(want) == set(have)
+        for key in want:
+            assert have[key].base == pytest.approx(want[key].base, abs=1e-6)
+            assert have[key].score == pytest.approx(want[key].score, abs=1e-6)
+            assert have[key].increase == want[key].increase
+    # 4 + 4 + 3 + 4 = 15 images of side SIDE and 8 of side 2*SIDE, in batches of at most 8
+    assert sorted(sizes) == sorted([8, 7, 8]) and sum(sizes) == 23
+
+
+def test_evaluate_pairs_equals_evaluate_pair_and_evaluate_orders_rows_by_pair():
+    from cl_explain.metrics import evaluate_pairs
+
+    model = patch_model()
+    pairs = make_pairs(5, masks=True)
+    explanations = [explain(model, p.x1, p.x2, "_test_metrics_linear") for p in pairs]
+    metrics = ["average_drop_conditional", "average_increase_simultaneous", "deletion_simultaneous", "pointing_game"]
+    many = evaluate_pairs(model, pairs, explanations, metrics, batch_size=8)
+    for pair, explanation, values in zip(pairs, explanations, many):
+        one = evaluate_pair(model, pair.x1, pair.x2, explanation, metrics, masks=(pair.mask1, pair.mask2))
+        assert values == pytest.approx(one, abs=1e-6)
+    with pytest.raises(ValueError, match="one explanation per pair"):
+        evaluate_pairs(model, pairs, explanations[:2], metrics)
+    # evaluate scores chunks of pairs per method, yet lists rows pair by pair, methods in the given order
+    df = evaluate(model, pairs, ["random", "_test_metrics_linear"], metrics, batch_size=8, progress=False)
+    order = df[["pair_id", "method"]].drop_duplicates()
+    assert order.pair_id.tolist() == [p.pair_id for p in pairs for _ in range(2)]
+    assert order.method.tolist() == ["random", "_test_metrics_linear"] * len(pairs)
+    got = df[(df.pair_id == "p4") & (df.method == "_test_metrics_linear")].set_index("metric")["value"].to_dict()
+    assert got == pytest.approx(many[4], abs=1e-6)

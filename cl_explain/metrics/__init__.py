@@ -6,7 +6,7 @@ max-sensitivity (`sensitivity`), pointing games (`grounding`), sanity checks (`s
 `summarise` / `format_table` make the paper table with bootstrap confidence intervals.
 """
 from .common import MetricNotApplicable
-from .drop import drop_increase
+from .drop import drop_increase, drop_increase_many
 from .grounding import energy_pointing_game, pointing_game
 from .harness import (
     METRICS,
@@ -15,6 +15,7 @@ from .harness import (
     Pair,
     evaluate,
     evaluate_pair,
+    evaluate_pairs,
     format_table,
     list_metrics,
     summarise,
@@ -30,6 +31,7 @@ __all__ = [
     "MetricNotApplicable",
     "Pair",
     "evaluate_pair",
+    "evaluate_pairs",
     "evaluate",
     "summarise",
     "format_table",
@@ -39,6 +41,7 @@ __all__ = [
     "simultaneous_curve",
     "conditional_curve",
     "drop_increase",
+    "drop_increase_many",
     "max_sensitivity",
     "pointing_game",
     "energy_pointing_game",

@@ -15,11 +15,12 @@ Each map is min-max normalised to [0, 1] and used as a soft mask, x~ = map * x. 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
 from ..explainers.base import precision_context, resize_map
-from ..models.similarity import SimilarityModel, cosine
+from ..models.similarity import SimilarityModel, cosine, embed_stream
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,6 @@ def drop_and_increase(base: float, score: float) -> DropResult:
     return DropResult(base=base, score=score, drop=drop, increase=float(score > base))
 
 
-@torch.no_grad()
 def drop_increase(
     model: SimilarityModel,
     x1: torch.Tensor,
@@ -64,15 +64,44 @@ def drop_increase(
 ) -> dict[str, DropResult]:
     """Drop/increase of a pair: keys "simultaneous", "conditional_1", "conditional_2" (only the
     defined ones: with map2=None only "conditional_1"). One forward pass over at most four images."""
-    x1, x2 = x1.to(model.device), x2.to(model.device)
-    images = [x1, x2, masked_image(model, x1, map1)]
-    if map2 is not None:
-        images.append(masked_image(model, x2, map2))
-    with precision_context(precision, model.device):
-        e = model.embed(torch.cat(images)).float()
-    base = float(cosine(e[0], e[1]))
-    results = {"conditional_1": drop_and_increase(base, float(cosine(e[2], e[1])))}
-    if map2 is not None:
-        results["conditional_2"] = drop_and_increase(base, float(cosine(e[0], e[3])))
-        results["simultaneous"] = drop_and_increase(base, float(cosine(e[2], e[3])))
+    return drop_increase_many(model, [(x1, x2, map1, map2)], precision)[0]
+
+
+@torch.no_grad()
+def drop_increase_many(
+    model: SimilarityModel,
+    items: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]],
+    precision: str = "fp32",
+    batch_size: int = 64,
+) -> list[dict[str, DropResult]]:
+    """`drop_increase` of many (x1, x2, map1, map2) pairs, their images embedded in shared batches.
+
+    A pair needs only four images, so scoring pairs one by one runs the model at batch size four;
+    here the intact and masked images of all pairs of one size stream through `embed_stream` in
+    batches of `batch_size` (masked images are made batch by batch, so memory stays bounded).
+    """
+    recipes: dict[tuple[int, ...], list[tuple[int, int, torch.Tensor, torch.Tensor | None]]] = {}
+    for index, (x1, x2, map1, map2) in enumerate(items):
+        parts = [(x1, None), (x2, None), (x1, map1)] + ([(x2, map2)] if map2 is not None else [])
+        group = recipes.setdefault(tuple(x1.shape[-2:]), [])
+        group += [(index, slot, x, saliency) for slot, (x, saliency) in enumerate(parts)]
+    embeddings: dict[tuple[int, int], torch.Tensor] = {}
+    for group in recipes.values():
+        def make_batch(lo: int, hi: int, group=group) -> torch.Tensor:
+            images = [x.to(model.device) for _, _, x, _ in group[lo:hi]]
+            return torch.cat([x if s is None else masked_image(model, x, s)
+                              for x, (_, _, _, s) in zip(images, group[lo:hi])])
+
+        with precision_context(precision, model.device):
+            stream = embed_stream(model, len(group), make_batch, batch_size)
+        embeddings.update({(index, slot): e for (index, slot, _, _), e in zip(group, stream)})
+    results = []
+    for index, (_, _, _, map2) in enumerate(items):
+        e = [embeddings[(index, slot)] for slot in range(3 if map2 is None else 4)]
+        base = float(cosine(e[0], e[1]))
+        result = {"conditional_1": drop_and_increase(base, float(cosine(e[2], e[1])))}
+        if map2 is not None:
+            result["conditional_2"] = drop_and_increase(base, float(cosine(e[0], e[3])))
+            result["simultaneous"] = drop_and_increase(base, float(cosine(e[2], e[3])))
+        results.append(result)
     return results

@@ -37,7 +37,7 @@ from ..explainers.base import PairExplanation, explain, get_method, resize_map
 from ..models.similarity import SimilarityModel
 from ..utils import check_image, write_text_atomic
 from .common import MetricNotApplicable
-from .drop import drop_increase
+from .drop import drop_increase_many
 from .grounding import check_mask, energy_pointing_game, pointing_game
 from .perturbation import perturbation_curves
 from .sanity import random_explanation
@@ -225,8 +225,8 @@ def _perturbation_family(mode: str) -> Callable:
     return compute
 
 
-def _drop_family(model, x1, x2, explanation, maps, masks, names, options) -> dict[str, Values | MetricNotApplicable]:
-    results = drop_increase(model, x1, x2, maps[0], maps[1], precision=options["precision"])
+def _drop_values(results: dict, names: Sequence[str]) -> dict[str, Values | MetricNotApplicable]:
+    """The requested drop/increase metrics from one pair's `drop_increase` results."""
     out: dict[str, Values | MetricNotApplicable] = {}
     for name in names:
         stat = "drop" if name.startswith("average_drop") else "increase"
@@ -270,25 +270,28 @@ def _grounding_family(model, x1, x2, explanation, maps, masks, names, options) -
     return out
 
 
-FAMILIES: dict[str, Callable] = {
+#: Families computed pair by pair; "drop" is batched across pairs in `_compute_many`.
+PAIR_FAMILIES: dict[str, Callable] = {
     "insertion": _perturbation_family("insertion"),
     "deletion": _perturbation_family("deletion"),
-    "drop": _drop_family,
     "sensitivity": _sensitivity_family,
     "grounding": _grounding_family,
 }
 
 
-def _compute(
-    model: SimilarityModel,
-    x1: torch.Tensor,
-    x2: torch.Tensor,
-    explanation: PairExplanation,
-    metrics: Sequence[str],
-    masks,
-    options: dict[str, Any],
-) -> dict[str, Values | MetricNotApplicable]:
-    """Every requested metric, computed family by family (one family = shared forward passes)."""
+@dataclass
+class _Scoring:
+    """One explanation to score: the pair it explains (its partner, if it chose one), maps at image size."""
+
+    x1: torch.Tensor
+    x2: torch.Tensor
+    explanation: PairExplanation
+    maps: tuple[torch.Tensor, torch.Tensor | None]
+    metrics: list[str]
+    masks: Any
+
+
+def _prepare(x1: torch.Tensor, x2: torch.Tensor, explanation: PairExplanation, metrics: list[str], masks) -> _Scoring:
     if explanation.partner is not None:  # the method chose its own second image: score that pair
         x2 = explanation.partner.to(x1.device)
     check_image(x1, "x1")
@@ -296,15 +299,40 @@ def _compute(
     maps = _resized_maps(explanation, tuple(x1.shape[-2:]))
     if maps[1] is not None and tuple(x2.shape[-2:]) != tuple(x1.shape[-2:]):
         raise ValueError(f"x1 and x2 must have the same size, got {tuple(x1.shape)} and {tuple(x2.shape)}")
-    results: dict[str, Values | MetricNotApplicable] = {}
-    for family, compute in FAMILIES.items():
-        names = [m for m in metrics if METRICS[m].family == family]
-        if names:
-            results.update(compute(model, x1, x2, explanation, maps, masks, names, options))
-    for name, values in results.items():
-        if isinstance(values, dict) and not all(np.isfinite(v) for v in values.values()):
-            raise RuntimeError(f"{name} produced a non-finite value {values}; this is a bug, please report it")
-    return results
+    return _Scoring(x1, x2, explanation, maps, metrics, masks)
+
+
+def _compute_many(model: SimilarityModel, items: Sequence[_Scoring], options: dict[str, Any]) -> list[dict[str, Values | MetricNotApplicable]]:
+    """Every requested metric of every item, in the requested order. A family shares its forward
+    passes within a pair; drop/increase (four images a pair) embeds the images of all items together."""
+    results: list[dict[str, Values | MetricNotApplicable]] = [{} for _ in items]
+    wanted = [[m for m in item.metrics if METRICS[m].family == "drop"] for item in items]
+    dropped = [i for i, names in enumerate(wanted) if names]
+    if dropped:
+        raw = drop_increase_many(model, [(items[i].x1, items[i].x2, *items[i].maps) for i in dropped],
+                                 options["precision"], options["batch_size"])
+        for i, result in zip(dropped, raw):
+            results[i].update(_drop_values(result, wanted[i]))
+    for item, out in zip(items, results):
+        for family, compute in PAIR_FAMILIES.items():
+            names = [m for m in item.metrics if METRICS[m].family == family]
+            if names:
+                out.update(compute(model, item.x1, item.x2, item.explanation, item.maps, item.masks, names, options))
+        for name, values in out.items():
+            if isinstance(values, dict) and not all(np.isfinite(v) for v in values.values()):
+                raise RuntimeError(f"{name} produced a non-finite value {values}; this is a bug, please report it")
+    return [{name: out[name] for name in item.metrics} for item, out in zip(items, results)]
+
+
+def _flatten(results: dict[str, Values | MetricNotApplicable], on_not_applicable: str) -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for values in results.values():
+        if isinstance(values, MetricNotApplicable):
+            if on_not_applicable == "raise":
+                raise values
+            continue
+        flat.update(values)
+    return flat
 
 
 def evaluate_pair(
@@ -329,15 +357,35 @@ def evaluate_pair(
         raise ValueError(f"on_not_applicable must be 'raise' or 'skip', got {on_not_applicable!r}")
     if metrics is None:
         metrics = [*PAPER_METRICS, *(("pointing_game", "energy_pointing_game") if masks is not None else ())]
-    results = _compute(model, x1, x2, explanation, _check_metrics(metrics), masks, _check_options(params))
-    flat: dict[str, float] = {}
-    for values in results.values():
-        if isinstance(values, MetricNotApplicable):
-            if on_not_applicable == "raise":
-                raise values
-            continue
-        flat.update(values)
-    return flat
+    item = _prepare(x1, x2, explanation, _check_metrics(metrics), masks)
+    return _flatten(_compute_many(model, [item], _check_options(params))[0], on_not_applicable)
+
+
+def evaluate_pairs(
+    model: SimilarityModel,
+    pairs: Sequence[Any],
+    explanations: Sequence[PairExplanation],
+    metrics: Sequence[str] | str | None = None,
+    on_not_applicable: str = "raise",
+    **params: Any,
+) -> list[dict[str, float]]:
+    """`evaluate_pair` for many pairs (Pair objects or dicts; masks taken from them) and their explanations.
+
+    The results equal pair-by-pair scoring; average drop/increase, which needs four images a pair,
+    embeds the images of all pairs in shared batches of `batch_size`, which is what makes it cheap.
+    """
+    if on_not_applicable not in ("raise", "skip"):
+        raise ValueError(f"on_not_applicable must be 'raise' or 'skip', got {on_not_applicable!r}")
+    pairs = [_as_pair(item, i) for i, item in enumerate(pairs)]
+    if len(explanations) != len(pairs):
+        raise ValueError(f"need one explanation per pair, got {len(explanations)} for {len(pairs)} pairs")
+    chosen = None if metrics is None else _check_metrics(metrics)
+    items = []
+    for pair, explanation in zip(pairs, explanations):
+        masks = (pair.mask1, pair.mask2) if pair.has_masks else None
+        names = chosen or [*PAPER_METRICS, *(("pointing_game", "energy_pointing_game") if masks is not None else ())]
+        items.append(_prepare(pair.x1, pair.x2, explanation, names, masks))
+    return [_flatten(result, on_not_applicable) for result in _compute_many(model, items, _check_options(params))]
 
 
 # ---------------------------------------------------------------------------------------- evaluate
@@ -459,44 +507,55 @@ def evaluate(
         raise ValueError(f"pairs must have distinct (pair_id, seed); repeated: {duplicated}")
     cache = _Cache(cache_dir)
     fingerprint = model.fingerprint() if cache_dir is not None else ""
-    rows, skipped = [], []
     explain_defaults = {"batch_size": options["batch_size"], "precision": options["precision"]}
+    digests = [(_digest(p.x1, p.x2), _digest(p.mask1, p.mask2)) for p in pairs]
+    cells: dict[tuple[int, int], tuple[list, list]] = {}  # (pair, method) -> (rows, not-applicable records)
+    # Pairs are explained and scored a chunk at a time so drop/increase can share batches across pairs.
+    chunk = max(1, options["batch_size"] // 4)
     with tqdm(total=len(pairs) * len(table), desc="evaluate", disable=not progress) as bar:
-        for pair in pairs:
-            images = _digest(pair.x1, pair.x2)
-            masks = _digest(pair.mask1, pair.mask2)
-            for label, (name, method_kw) in table.items():
-                explain_kw = method_kw if name == "random" else {**explain_defaults, **method_kw}
-                keys = {
-                    metric: {
-                        "model": fingerprint, "method": name,
-                        "method_params": {k: v for k, v in explain_kw.items() if k != "batch_size"},
-                        "metric": metric,
-                        "metric_params": {k: options[k] for k in FAMILY_OPTIONS[METRICS[metric].family]},
-                        "pair": [pair.pair_id, pair.seed, images, masks if METRICS[metric].family == "grounding" else ""],
+        for label_index, (label, (name, method_kw)) in enumerate(table.items()):
+            explain_kw = method_kw if name == "random" else {**explain_defaults, **method_kw}
+            for first in range(0, len(pairs), chunk):
+                found, todo = {}, []
+                for index in range(first, min(first + chunk, len(pairs))):
+                    pair, (images, masks) = pairs[index], digests[index]
+                    keys = {
+                        metric: {
+                            "model": fingerprint, "method": name,
+                            "method_params": {k: v for k, v in explain_kw.items() if k != "batch_size"},
+                            "metric": metric,
+                            "metric_params": {k: options[k] for k in FAMILY_OPTIONS[METRICS[metric].family]},
+                            "pair": [pair.pair_id, pair.seed, images, masks if METRICS[metric].family == "grounding" else ""],
+                        }
+                        for metric in metrics
                     }
-                    for metric in metrics
-                }
-                results = {metric: cache.load(key) for metric, key in keys.items()}
-                missing = [metric for metric, value in results.items() if value is None]
-                if missing:
-                    if name == "random":
-                        explanation = random_explanation(pair.x1, pair.x2, seed=pair.seed)
-                    else:
-                        x2 = pair.x2 if get_method(name).needs_pair else None
-                        explanation = explain(model, pair.x1, x2, name, **explain_kw)
-                    computed = _compute(model, pair.x1, pair.x2, explanation, missing, (pair.mask1, pair.mask2), options)
-                    for metric in missing:
-                        results[metric] = computed[metric]
-                        cache.save(keys[metric], computed[metric])
-                for metric, values in results.items():
-                    if isinstance(values, MetricNotApplicable):
-                        skipped.append({"pair_id": pair.pair_id, "seed": pair.seed, "method": label,
-                                        "metric": metric, "reason": str(values)})
-                        continue
-                    rows += [{"pair_id": pair.pair_id, "seed": pair.seed, "method": label, "metric": k, "value": values[k]}
-                             for k in sorted(values, key=lambda k: (k != metric, k))]  # cache-independent order
-                bar.update()
+                    found[index] = {metric: cache.load(key) for metric, key in keys.items()}
+                    missing = [metric for metric, value in found[index].items() if value is None]
+                    if missing:
+                        if name == "random":
+                            explanation = random_explanation(pair.x1, pair.x2, seed=pair.seed)
+                        else:
+                            x2 = pair.x2 if get_method(name).needs_pair else None
+                            explanation = explain(model, pair.x1, x2, name, **explain_kw)
+                        todo.append((index, keys, _prepare(pair.x1, pair.x2, explanation, missing, (pair.mask1, pair.mask2))))
+                computed = _compute_many(model, [item for _, _, item in todo], options)
+                for (index, keys, item), result in zip(todo, computed):
+                    for metric in item.metrics:
+                        found[index][metric] = result[metric]
+                        cache.save(keys[metric], result[metric])
+                for index, results in found.items():
+                    pair = pairs[index]
+                    rows, skipped = cells[(index, label_index)] = ([], [])
+                    for metric, values in results.items():
+                        if isinstance(values, MetricNotApplicable):
+                            skipped.append({"pair_id": pair.pair_id, "seed": pair.seed, "method": label,
+                                            "metric": metric, "reason": str(values)})
+                            continue
+                        rows += [{"pair_id": pair.pair_id, "seed": pair.seed, "method": label, "metric": k, "value": values[k]}
+                                 for k in sorted(values, key=lambda k: (k != metric, k))]  # cache-independent order
+                bar.update(len(found))
+    rows = [row for key in sorted(cells) for row in cells[key][0]]  # pair by pair, methods in the given order
+    skipped = [record for key in sorted(cells) for record in cells[key][1]]
     df = pd.DataFrame(rows, columns=["pair_id", "seed", "method", "metric", "value"])
     df.attrs["not_applicable"] = skipped
     if skipped:
