@@ -69,7 +69,7 @@ DEFAULT_CONFIGS = {
     "simclr": TrainConfig("simclr", snapshots=tuple(SIMCLR_SNAPSHOTS)),
     "supervised": TrainConfig("supervised", epochs=8),
     "barlow-twins": TrainConfig("barlow-twins"),
-    "simsiam": TrainConfig("simsiam", epochs=8),
+    "simsiam": TrainConfig("simsiam", epochs=30),
 }
 
 

@@ -72,6 +72,12 @@ def scale_sigma(sigma: float, side: int) -> float:
     return float(sigma) * side / PAPER_SIDE
 
 
+def scale_batch(pairs: int, side: int, maximum: int = 64) -> int:
+    """Scale a batch stated at 224 px so it holds about the same memory at `side` px (area ratio),
+    at least 1 and at most `maximum` (the common default)."""
+    return max(1, min(maximum, int(round(pairs * (PAPER_SIDE / side) ** 2))))
+
+
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
     """Save a matplotlib figure deterministically (no software/date metadata), atomically; returns None."""
     import matplotlib.pyplot as plt

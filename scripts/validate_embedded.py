@@ -3,8 +3,9 @@
     python scripts/validate_embedded.py --pairs 100
 
 Claims checked (issues: explainers, metrics): CAMs and occlusion point at the object far more often
-than a random map; insertion AUC > deletion AUC for them with the random map in between; maps change
-when the weights are randomised (cascading randomisation test).
+than a random map; insertion AUC > deletion AUC for them with the random map in between (simultaneous
+and conditional); maps change when the weights are randomised (cascading randomisation test). Also
+prints where the insertion curves start and end, which bounds how much insertion can separate maps.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import pandas as pd
 import cl_explain
 from cl_explain.data.scenes import scene_pairs
 from cl_explain.metrics import format_table
-from cl_explain.metrics.sanity import randomisation_test
+from cl_explain.metrics.perturbation import perturbation_curves
+from cl_explain.metrics.sanity import random_explanation, randomisation_test
 from cl_explain.notebook import markdown_table
 
 
@@ -31,20 +33,35 @@ def main() -> None:
     model = cl_explain.load_model(args.model)
     pairs = scene_pairs(args.pairs, split="test", seed=0)
     methods = ["gradcam", "interaction_cam", "occlusion", "random"]
-    metrics = ["insertion_simultaneous", "deletion_simultaneous", "pointing_game", "energy_pointing_game"]
+    metrics = ["insertion_simultaneous", "deletion_simultaneous", "insertion_conditional", "deletion_conditional",
+               "pointing_game", "energy_pointing_game"]
     start = time.perf_counter()
     df = cl_explain.evaluate(model, pairs, methods, metrics, cache_dir=args.cache, progress=False)
     print(f"## {args.model}: {args.pairs} test pairs, {time.perf_counter() - start:.0f} s\n")
     print(format_table(cl_explain.summarise(df, n_boot=2000), metrics=metrics))
 
     means = df[df.metric.isin(metrics)].groupby(["method", "metric"]).value.mean().unstack()
-    print("\nInsertion > deletion, random in between (simultaneous):")
-    for method in methods[:-1]:
-        ins, dele = means.loc[method, "insertion_simultaneous"], means.loc[method, "deletion_simultaneous"]
-        rand_ins, rand_del = means.loc["random", "insertion_simultaneous"], means.loc["random", "deletion_simultaneous"]
-        print(f"- {method}: insertion {ins:.3f} > deletion {dele:.3f}: {ins > dele}; "
-              f"random between (ins {rand_ins:.3f} < {ins:.3f}, del {rand_del:.3f} > {dele:.3f}): "
-              f"{rand_ins < ins and rand_del > dele}")
+    for form in ("simultaneous", "conditional"):
+        ins_name, del_name = f"insertion_{form}", f"deletion_{form}"
+        rand_ins, rand_del = means.loc["random", ins_name], means.loc["random", del_name]
+        print(f"\nInsertion > deletion, random in between ({form}):")
+        for method in methods[:-1]:
+            ins, dele = means.loc[method, ins_name], means.loc[method, del_name]
+            print(f"- {method}: insertion {ins:.3f} > deletion {dele:.3f}: {ins > dele}; "
+                  f"random between (ins {rand_ins:.3f} < {ins:.3f}, del {rand_del:.3f} > {dele:.3f}): "
+                  f"{rand_ins < ins and rand_del > dele}")
+
+    # Why insertion separates so little here: where does the insertion curve start and end?
+    ends = []
+    for pair in pairs:
+        rnd = random_explanation(pair.x1, pair.x2, seed=pair.seed)
+        curve = perturbation_curves(model, pair.x1, pair.x2, rnd.map1, rnd.map2, "insertion", ("simultaneous",))
+        scores = curve["simultaneous"].scores
+        ends.append({"start: S(blurred x1, blurred x2)": float(scores[0]), "end: S(x1, x2)": float(scores[-1])})
+    ends = pd.DataFrame(ends)
+    print("\nInsertion curve ends (simultaneous, mean over the pairs): "
+          + ", ".join(f"{k} = {v:.3f}" for k, v in ends.mean().items())
+          + f"; start >= end for {float((ends.iloc[:, 0] >= ends.iloc[:, 1]).mean()):.0%} of the pairs.")
 
     rows = []
     for pair in pairs[: args.randomisation_pairs]:

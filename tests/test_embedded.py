@@ -140,3 +140,17 @@ def test_recomputed_knn_matches_the_manifest(one_thread):
     knn = knn_accuracy(train_f, train.labels, test_f, test.labels)
     assert knn == pytest.approx(entry["quality"]["knn_top1_check"], abs=1e-4)
     assert knn > entry["random_init_quality"]["knn_top1_check"]
+
+
+def test_channels_last_layout_changes_no_result():
+    """SimilarityModel runs its convolutions channels-last (faster); in float64 the result equals plain NCHW."""
+    model = load_model("embedded-simclr").double()
+    assert model.backbone.stages["stem"].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(3, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fmap = model.features(x)
+        assert fmap.is_contiguous()  # callers may .view() it
+        model.backbone.to(memory_format=torch.contiguous_format)
+        plain = model.backbone(model.preprocess(x))
+    assert not plain.is_contiguous(memory_format=torch.channels_last) or plain.shape[-1] == 1
+    torch.testing.assert_close(fmap, plain, rtol=1e-10, atol=1e-12)

@@ -49,5 +49,10 @@ def test_gradient_methods_default_to_small_backward_batches():
     methods = list_methods()
     assert methods["smoothgrad"]["batch_size"] == 8 and methods["averaged_transforms"]["batch_size"] == 8
     assert methods["occlusion"]["batch_size"] == 64
-    exp = explain(small_model(), torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16), "smoothgrad", samples=4)
-    assert exp.params["batch_size"] == 8
+    model = small_model()
+    # 8 pairs per pass at 224 px; smaller images hold proportionally more (area), at most 64
+    for side, expected in ((224, 8), (112, 32), (16, 64)):
+        x = torch.rand(1, 3, side, side)
+        assert explain(model, x, x, "smoothgrad", samples=2).params["batch_size"] == expected
+        assert explain(model, x, None, "averaged_transforms", step=0.5).params["batch_size"] == expected
+    assert explain(model, x, x, "smoothgrad", samples=2, batch_size=3).params["batch_size"] == 3

@@ -47,7 +47,9 @@ def imagenet_normalise(x: torch.Tensor) -> torch.Tensor:
 def assert_same_embedding(actual: torch.Tensor, expected: torch.Tensor) -> None:
     assert actual.shape == expected.shape
     assert expected.abs().max() > 0 and torch.isfinite(expected).all()
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
+    # float32 with channels-last convolutions (SimilarityModel) against plain NCHW: rounding differs, and
+    # random-weight ResNet-50s amplify it to about 5e-5 of the largest value; bugs change far more.
+    torch.testing.assert_close(actual, expected, rtol=0, atol=2e-4 * float(expected.abs().max()))
 
 
 def assert_eval(model: nn.Module) -> None:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.similarity import SimilarityModel
-from ..utils import check_image, scale_kernel, scale_length, scale_sigma
+from ..utils import check_image, scale_batch, scale_kernel, scale_length, scale_sigma
 
 #: Parameters every method accepts (where they apply), with their defaults.
 COMMON_PARAMS: dict[str, Any] = {"batch_size": 64, "blur": False, "precision": "fp32"}
@@ -85,7 +85,7 @@ class MethodSpec:
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
-_SCALERS = {"length": scale_length, "kernel": scale_kernel, "sigma": scale_sigma}
+_SCALERS = {"length": scale_length, "kernel": scale_kernel, "sigma": scale_sigma, "batch": scale_batch}
 
 
 def register_method(

@@ -138,8 +138,10 @@ def input_x_gradient(
 
 @register_method(
     "smoothgrad",
-    # batch_size counts pairs per backward pass; 8 keeps a ResNet-50 at 224 px near 1.5 GB (64 would need ~11 GB)
+    # batch_size counts pairs per backward pass; 8 keeps a ResNet-50 at 224 px near 1.5 GB (64 would need
+    # ~11 GB); smaller images take proportionally more (scaled by area, at most 64)
     {"samples": 50, "guided": False, "noise_rule": "paper", "seed": 0, "batch_size": 8},
+    scaled={"batch_size": "batch"},
     choices={"noise_rule": NOISE_RULES},
 )
 def smoothgrad(
@@ -192,6 +194,7 @@ def transformed_copy(x0: torch.Tensor, transform: str, seed: int) -> torch.Tenso
 @register_method(
     "averaged_transforms",
     {"transform": "combine", "step": 0.1, "noise": False, "guided": False, "seed": 0, "batch_size": 8},
+    scaled={"batch_size": "batch"},
     needs_pair=False,
     choices={"transform": AVERAGED_FAMILIES},
     partner=lambda x1, params: transformed_copy(x1, params["transform"], params["seed"]),

@@ -491,7 +491,8 @@ def evaluate(
     (seed = the pair seed). `method_params`: label -> explain parameters; {"method": name} lets one
     method appear under several labels (e.g. {"ixg_guided": {"method": "input_x_gradient", "guided": True}}).
     `metrics` default: `PAPER_METRICS`. `params`: metric options as in `evaluate_pair`; batch_size and
-    precision also reach `explain` unless the method's params set them. With `cache_dir`, every result
+    precision also reach `explain` unless the method's params set them (without batch_size, each method
+    uses its own default). With `cache_dir`, every result
     is stored in its own small JSON file and reused, so a re-run recomputes (and re-explains) nothing.
     Non-applicable results are left out, warned about and listed in `df.attrs["not_applicable"]`.
     """
@@ -507,7 +508,8 @@ def evaluate(
         raise ValueError(f"pairs must have distinct (pair_id, seed); repeated: {duplicated}")
     cache = _Cache(cache_dir)
     fingerprint = model.fingerprint() if cache_dir is not None else ""
-    explain_defaults = {"batch_size": options["batch_size"], "precision": options["precision"]}
+    # batch_size reaches explain only when given: otherwise each method keeps its own (size-scaled) default
+    explain_defaults = {"precision": options["precision"], **({"batch_size": params["batch_size"]} if "batch_size" in params else {})}
     digests = [(_digest(p.x1, p.x2), _digest(p.mask1, p.mask2)) for p in pairs]
     cells: dict[tuple[int, int], tuple[list, list]] = {}  # (pair, method) -> (rows, not-applicable records)
     # Pairs are explained and scored a chunk at a time so drop/increase can share batches across pairs.

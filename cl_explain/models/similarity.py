@@ -30,7 +30,9 @@ class SimilarityModel(nn.Module):
         name: str = "model",
     ) -> None:
         super().__init__()
-        self.backbone = backbone
+        # Channels-last convolutions run about 1.1-1.5x faster on CPUs (oneDNN) and on GPUs; the
+        # layout changes no result beyond float rounding (scripts/benchmark.py measures the speed).
+        self.backbone = backbone.to(memory_format=torch.channels_last)
         self.head = head if head is not None else nn.Identity()
         self.name = name
         mean, std = normalize if normalize is not None else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -62,13 +64,13 @@ class SimilarityModel(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Last-stage spatial feature map BxDxhxw of images in [0, 1]."""
-        fmap = self.backbone(self.preprocess(x))
+        fmap = self.backbone(self.preprocess(x).contiguous(memory_format=torch.channels_last))
         if fmap.dim() != 4:
             raise ValueError(
                 f"backbone of {self.name!r} must return a spatial map BxDxhxw, got shape {tuple(fmap.shape)}; "
                 "cut the network before its global pooling"
             )
-        return fmap
+        return fmap.contiguous()
 
     def embed_features(self, fmap: torch.Tensor) -> torch.Tensor:
         """Global average pooling + head: the embedding whose cosine is explained."""
