@@ -50,26 +50,27 @@ def _how_to_pass(release: str) -> str:
     )
 
 
-def read_checkpoint(path: str | os.PathLike | None, *, sha256: str | None = None, release: str = "") -> dict:
+def read_checkpoint(
+    path: str | os.PathLike | None, *, sha256: str | None = None, release: str = "", fix: str | None = None
+) -> dict:
     """Read a checkpoint file into a dict of tensors/containers without running code from it.
 
     `sha256` (hex), if given, is checked before reading. `release` describes the official file
-    (shown when the path is missing). Raises CheckpointError for a missing, mismatching, unsafe,
+    (shown when the path is missing). `fix` replaces the advice given for a missing file or a hash
+    mismatch (e.g. how to rebuild it). Raises CheckpointError for a missing, mismatching, unsafe,
     corrupt or non-dict file.
     """
     if path is None:
-        raise CheckpointNotFoundError(f"no checkpoint given: {_how_to_pass(release)}")
+        raise CheckpointNotFoundError(f"no checkpoint given: {fix or _how_to_pass(release)}")
     path = Path(path).expanduser()
     if not path.is_file():
         problem = "is a directory, not a file" if path.is_dir() else "does not exist"
-        raise CheckpointNotFoundError(f"checkpoint {str(path)!r} {problem}: {_how_to_pass(release)}")
+        raise CheckpointNotFoundError(f"checkpoint {str(path)!r} {problem}: {fix or _how_to_pass(release)}")
     if sha256 is not None:
         actual = sha256_of(path)
         if actual.lower() != sha256.strip().lower():
-            raise CheckpointError(
-                f"sha256 of {str(path)!r} is {actual}, expected {sha256}: the file is corrupt, incomplete "
-                "or a different release; download it again or check the expected hash"
-            )
+            advice = fix or "the file is corrupt, incomplete or a different release; download it again or check the expected hash"
+            raise CheckpointError(f"sha256 of {str(path)!r} is {actual}, expected {sha256}: {advice}")
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             content = torch.load(path, map_location="cpu", weights_only=True)

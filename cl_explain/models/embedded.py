@@ -18,7 +18,7 @@ from torch import nn
 
 from ..utils import repo_root
 from .backbones import StagedBackbone
-from .checkpoint_io import CheckpointError, CheckpointNotFoundError, load_strict, read_checkpoint, sha256_of
+from .checkpoint_io import CheckpointError, CheckpointNotFoundError, load_strict, read_checkpoint
 from .similarity import SimilarityModel
 
 OBJECTIVES = ("simclr", "barlow-twins", "simsiam", "supervised")
@@ -205,17 +205,12 @@ def load_embedded(name: str, checkpoint: str | os.PathLike | None = None, sha256
         expected_sha = sha256 or entry.get("sha256")
     else:
         path, expected_sha = Path(checkpoint), sha256
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"checkpoint of embedded model {name!r} not found at {str(path)!r}; {REBUILD_HINT}")
-    if expected_sha is not None:
-        actual = sha256_of(path)
-        if actual.lower() != expected_sha.strip().lower():
-            raise CheckpointError(
-                f"sha256 of {str(path)!r} is {actual}, but the manifest expects {expected_sha}: the checkpoint "
-                f"was modified or is out of date; {REBUILD_HINT}")
+    fix = f"the checkpoint of embedded model {name!r} is missing, modified or out of date; {REBUILD_HINT}"
     try:
-        payload = read_checkpoint(path)
+        payload = read_checkpoint(path, sha256=expected_sha, fix=fix)
     except CheckpointError as error:
+        if REBUILD_HINT in str(error):
+            raise
         raise CheckpointError(f"{error}; {REBUILD_HINT}") from error
     model = model_from_payload(payload, path)
     model.name = name
