@@ -68,7 +68,7 @@ class TrainConfig:
 DEFAULT_CONFIGS = {
     "simclr": TrainConfig("simclr", snapshots=tuple(SIMCLR_SNAPSHOTS)),
     "supervised": TrainConfig("supervised", epochs=8),
-    "barlow-twins": TrainConfig("barlow-twins"),
+    "barlow-twins": TrainConfig("barlow-twins", epochs=30, out_dim=64),  # 64 < batch 128: a full-rank cross-correlation
     "simsiam": TrainConfig("simsiam", epochs=30),
 }
 

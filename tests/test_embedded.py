@@ -13,7 +13,8 @@ from cl_explain.models import embedded
 from cl_explain.models.embedded import EMBEDDED_MODELS, OBJECTIVES, load_embedded, models_dir, read_manifest
 
 MANIFEST = read_manifest()
-_SHORT = "known shortfall of the committed checkpoint (trained for a few CPU minutes): retrain longer"
+_SHORT = ("known shortfall of the committed checkpoint (30 CPU epochs): kNN/linear probe only about 0.12 above "
+          "random init and a two-view pass rate of 0.71-0.82 (< 0.9); see the manifest")
 SSL = [
     "embedded-simclr",
     pytest.param("embedded-barlow-twins", marks=pytest.mark.xfail(reason=_SHORT, strict=False)),
@@ -100,7 +101,7 @@ def test_ssl_models_far_above_random_init_and_chance(name):
     assert quality["view_pass_rate"] >= 0.9
 
 
-@pytest.mark.parametrize("name", ["embedded-simclr", "embedded-barlow-twins", "embedded-supervised"])
+@pytest.mark.parametrize("name", ["embedded-simclr", "embedded-barlow-twins", "embedded-simsiam", "embedded-supervised"])
 def test_models_beat_random_init(name):
     quality, baseline = MANIFEST["models"][name]["quality"], MANIFEST["models"][name]["random_init_quality"]
     for metric in ("knn_top1", "linear_probe_top1", "view_pass_rate", "pure_view_pass_rate"):
