@@ -390,3 +390,16 @@ def test_randomisation_leaves_model_unchanged_and_decorrelates_maps():
     assert table.loc[table.step == 0, "spearman"].tolist() == pytest.approx([1.0, 1.0])
     final = table.loc[table.step == table.step.max(), "spearman"]
     assert (final.abs() < 0.8).all(), table
+
+
+def test_normalise_maps_per_map_min_max_and_constant_maps_keep_the_image():
+    from cl_explain.metrics.drop import normalise_maps
+
+    g = torch.Generator().manual_seed(2)
+    maps = torch.stack([torch.rand(5, 6, generator=g) * 3 - 1, torch.full((5, 6), 4.0), torch.rand(5, 6, generator=g)])
+    got = normalise_maps(maps)
+    for m, n in zip(maps, got):
+        span = float(m.max() - m.min())
+        expected = torch.ones_like(m) if span == 0 else (m - m.min()) / span
+        torch.testing.assert_close(n, expected)
+    assert float(got[0].min()) == 0.0 and float(got[0].max()) == 1.0

@@ -35,17 +35,27 @@ class DropResult:
 
 def normalise_map(saliency: torch.Tensor) -> torch.Tensor:
     """Min-max normalise to [0, 1]; a constant map becomes all ones (no preference: keep the image)."""
-    lo, hi = saliency.min(), saliency.max()
-    if hi <= lo:
-        return torch.ones_like(saliency, dtype=torch.float32)
-    return ((saliency - lo) / (hi - lo)).float()
+    return normalise_maps(saliency[None])[0]
+
+
+def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
+    """`normalise_map` of each map of a B x H x W stack at once."""
+    maps = maps.float()
+    low, high = maps.amin(dim=(1, 2), keepdim=True), maps.amax(dim=(1, 2), keepdim=True)
+    span = high - low
+    return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1.0), 1.0)
 
 
 def masked_image(model: SimilarityModel, x: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
     """x~ = map * x in model input space (pixel space: z + map * (x - z), z = model.zero_pixel)."""
-    weight = normalise_map(resize_map(saliency, tuple(x.shape[-2:]))).to(x.device)[None, None]
-    zero = model.zero_pixel.to(device=x.device, dtype=x.dtype)
-    return zero + weight * (x - zero)
+    return masked_images(model, x, resize_map(saliency, tuple(x.shape[-2:]))[None])
+
+
+def masked_images(model: SimilarityModel, images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """`masked_image` of a batch: images B x 3 x H x W, maps B x H x W (already at the image size)."""
+    weight = normalise_maps(maps).to(images.device)[:, None]
+    zero = model.zero_pixel.to(device=images.device, dtype=images.dtype)
+    return zero + weight * (images - zero)
 
 
 def drop_and_increase(base: float, score: float) -> DropResult:
@@ -88,9 +98,13 @@ def drop_increase_many(
     embeddings: dict[tuple[int, int], torch.Tensor] = {}
     for group in recipes.values():
         def make_batch(lo: int, hi: int, group=group) -> torch.Tensor:
-            images = [x.to(model.device) for _, _, x, _ in group[lo:hi]]
-            return torch.cat([x if s is None else masked_image(model, x, s)
-                              for x, (_, _, _, s) in zip(images, group[lo:hi])])
+            images = torch.cat([x for _, _, x, _ in group[lo:hi]]).to(model.device)
+            masked = [i for i, (_, _, _, s) in enumerate(group[lo:hi]) if s is not None]
+            if masked:  # all masked images of the batch at once
+                size = tuple(images.shape[-2:])
+                maps = torch.stack([resize_map(group[lo + i][3], size) for i in masked])
+                images[masked] = masked_images(model, images[masked], maps)
+            return images
 
         with precision_context(precision, model.device):
             stream = embed_stream(model, len(group), make_batch, batch_size)
