@@ -403,3 +403,23 @@ def test_normalise_maps_per_map_min_max_and_constant_maps_keep_the_image():
         expected = torch.ones_like(m) if span == 0 else (m - m.min()) / span
         torch.testing.assert_close(n, expected)
     assert float(got[0].min()) == 0.0 and float(got[0].max()) == 1.0
+
+
+def test_embed_stream_makes_even_batches_in_order():
+    from cl_explain.models.similarity import embed_stream
+
+    model = patch_model()
+    g = torch.Generator().manual_seed(6)
+    images = torch.rand(65, 3, SIDE, SIDE, generator=g)
+    calls = []
+
+    def make_batch(start, stop):
+        calls.append((start, stop))
+        return images[start:stop]
+
+    streamed = embed_stream(model, 65, make_batch, batch_size=64)
+    assert calls == [(0, 32), (32, 65)]  # not 64 + 1
+    torch.testing.assert_close(streamed, model.embed(images), rtol=1e-5, atol=1e-6)
+    calls.clear()
+    embed_stream(model, 10, make_batch, batch_size=3)
+    assert [b - a for a, b in calls] == [2, 3, 2, 3] and embed_stream(model, 0, make_batch, 4).numel() == 0

@@ -168,17 +168,24 @@ def perturbation_curves(
     seq1 = perturbation_embeddings(model, x1, map1, mode, **options) if need1 else None
     seq2 = perturbation_embeddings(model, x2, map2, mode, **options) if need2 else None
 
-    def intact(x: torch.Tensor) -> torch.Tensor:
+    # the intact partner of each conditional curve (x2 for curve 1, x1 for curve 2), in one pass if possible
+    needed = {name: x for name, x in (("conditional_1", x2), ("conditional_2", x1)) if name in which}
+    partners = {}
+    if needed:
         with precision_context(precision, model.device):
-            return model.embed(x.to(model.device)).float()
+            if len(needed) == 2 and x1.shape == x2.shape:
+                embedded = model.embed(torch.cat(list(needed.values())).to(model.device)).float().split(1)
+            else:
+                embedded = [model.embed(x.to(model.device)).float() for x in needed.values()]
+        partners = dict(zip(needed, embedded))
 
     curves = {}
     if "simultaneous" in which:
         curves["simultaneous"] = _curve(cosine(seq1[0], seq2[0]), seq1[1])
     if "conditional_1" in which:
-        curves["conditional_1"] = _curve(cosine(seq1[0], intact(x2)), seq1[1])
+        curves["conditional_1"] = _curve(cosine(seq1[0], partners["conditional_1"]), seq1[1])
     if "conditional_2" in which:
-        curves["conditional_2"] = _curve(cosine(intact(x1), seq2[0]), seq2[1])
+        curves["conditional_2"] = _curve(cosine(partners["conditional_2"], seq2[0]), seq2[1])
     return curves
 
 
