@@ -324,6 +324,16 @@ def _compute_many(model: SimilarityModel, items: Sequence[_Scoring], options: di
     return [{name: out[name] for name in item.metrics} for item, out in zip(items, results)]
 
 
+def _check_policy(on_not_applicable: str) -> None:
+    if on_not_applicable not in ("raise", "skip"):
+        raise ValueError(f"on_not_applicable must be 'raise' or 'skip', got {on_not_applicable!r}")
+
+
+def _default_metrics(masks) -> list[str]:
+    """The paper table, plus the grounding metrics when there are masks."""
+    return [*PAPER_METRICS, *(("pointing_game", "energy_pointing_game") if masks is not None else ())]
+
+
 def _flatten(results: dict[str, Values | MetricNotApplicable], on_not_applicable: str) -> dict[str, float]:
     flat: dict[str, float] = {}
     for values in results.values():
@@ -353,11 +363,8 @@ def evaluate_pair(
     insertion_start ("blur" | "zero" | "black" | tensor), n_draws, radius, seed, clip (max-sensitivity).
     A metric that is not defined here raises `MetricNotApplicable`; on_not_applicable="skip" leaves it out.
     """
-    if on_not_applicable not in ("raise", "skip"):
-        raise ValueError(f"on_not_applicable must be 'raise' or 'skip', got {on_not_applicable!r}")
-    if metrics is None:
-        metrics = [*PAPER_METRICS, *(("pointing_game", "energy_pointing_game") if masks is not None else ())]
-    item = _prepare(x1, x2, explanation, _check_metrics(metrics), masks)
+    _check_policy(on_not_applicable)
+    item = _prepare(x1, x2, explanation, _check_metrics(_default_metrics(masks) if metrics is None else metrics), masks)
     return _flatten(_compute_many(model, [item], _check_options(params))[0], on_not_applicable)
 
 
@@ -374,8 +381,7 @@ def evaluate_pairs(
     The results equal pair-by-pair scoring; average drop/increase, which needs four images a pair,
     embeds the images of all pairs in shared batches of `batch_size`, which is what makes it cheap.
     """
-    if on_not_applicable not in ("raise", "skip"):
-        raise ValueError(f"on_not_applicable must be 'raise' or 'skip', got {on_not_applicable!r}")
+    _check_policy(on_not_applicable)
     pairs = [_as_pair(item, i) for i, item in enumerate(pairs)]
     if len(explanations) != len(pairs):
         raise ValueError(f"need one explanation per pair, got {len(explanations)} for {len(pairs)} pairs")
@@ -383,7 +389,7 @@ def evaluate_pairs(
     items = []
     for pair, explanation in zip(pairs, explanations):
         masks = (pair.mask1, pair.mask2) if pair.has_masks else None
-        names = chosen or [*PAPER_METRICS, *(("pointing_game", "energy_pointing_game") if masks is not None else ())]
+        names = chosen or _default_metrics(masks)
         items.append(_prepare(pair.x1, pair.x2, explanation, names, masks))
     return [_flatten(result, on_not_applicable) for result in _compute_many(model, items, _check_options(params))]
 
