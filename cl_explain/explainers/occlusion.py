@@ -104,15 +104,6 @@ def embed_occluded(
     return embed_stream(model, len(grid), make_batch, batch_size)
 
 
-@torch.no_grad()
-def _embed_pair(model: SimilarityModel, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """f(x1), f(x2) as 1xD float tensors (one forward pass when the images have the same size)."""
-    if x1.shape == x2.shape:
-        f1, f2 = model.embed(torch.cat([x1, x2])).float().split(1)
-        return f1, f2
-    return model.embed(x1).float(), model.embed(x2).float()
-
-
 def _grid(x: torch.Tensor, window: int, stride: int) -> OcclusionGrid:
     return occlusion_grid(x.shape[-2], x.shape[-1], window, stride)
 
@@ -132,7 +123,7 @@ def conditional_occlusion(
     model: SimilarityModel, x1: torch.Tensor, x2: torch.Tensor, *, window: int, stride: int, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Conditional occlusion (M1): drop of S when a window of one image is zeroed, the other image intact."""
-    f1, f2 = _embed_pair(model, x1, x2)
+    f1, f2 = model.embed_pair(x1, x2)
     base = cosine(f1, f2)
     maps = []
     for x, other in ((x1, f2), (x2, f1)):
@@ -148,7 +139,7 @@ def context_agnostic_occlusion(
     model: SimilarityModel, x1: torch.Tensor, x2: torch.Tensor, *, window: int, stride: int, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Context-agnostic occlusion (M2): cos(f(window only) - f(window zeroed), f(other)), min-max normalised."""
-    f1, f2 = _embed_pair(model, x1, x2)
+    f1, f2 = model.embed_pair(x1, x2)
     maps = []
     for x, other in ((x1, f2), (x2, f1)):
         grid = _grid(x, window, stride)
@@ -236,7 +227,7 @@ def pairwise_occlusion(
     rects1 = sample_erasing_rectangles(erasures, tuple(x1.shape[-2:]), scale, ratio, generator)
     rects2 = sample_erasing_rectangles(erasures, tuple(x2.shape[-2:]), scale, ratio, generator)
     zero = model.zero_pixel.to(device=x1.device, dtype=x1.dtype)
-    f1, f2 = _embed_pair(model, x1, x2)
+    f1, f2 = model.embed_pair(x1, x2)
     e1 = embed_stream(model, erasures, lambda a, b: _erased_batch(x1, rects1[a:b], zero), batch_size)
     e2 = embed_stream(model, erasures, lambda a, b: _erased_batch(x2, rects2[a:b], zero), batch_size)
     drops = cosine(f1, f2) - cosine(e1, e2)

@@ -168,16 +168,15 @@ def perturbation_curves(
     seq1 = perturbation_embeddings(model, x1, map1, mode, **options) if need1 else None
     seq2 = perturbation_embeddings(model, x2, map2, mode, **options) if need2 else None
 
-    # the intact partner of each conditional curve (x2 for curve 1, x1 for curve 2), in one pass if possible
-    needed = {name: x for name, x in (("conditional_1", x2), ("conditional_2", x1)) if name in which}
+    # the intact partner of each conditional curve: x2 for curve 1, x1 for curve 2 (one pass for both)
     partners = {}
-    if needed:
-        with precision_context(precision, model.device):
-            if len(needed) == 2 and x1.shape == x2.shape:
-                embedded = model.embed(torch.cat(list(needed.values())).to(model.device)).float().split(1)
-            else:
-                embedded = [model.embed(x.to(model.device)).float() for x in needed.values()]
-        partners = dict(zip(needed, embedded))
+    with precision_context(precision, model.device):
+        if "conditional_1" in which and "conditional_2" in which:
+            partners["conditional_1"], partners["conditional_2"] = model.embed_pair(x2.to(model.device), x1.to(model.device))
+        elif "conditional_1" in which:
+            partners["conditional_1"] = model.embed(x2.to(model.device)).float()
+        elif "conditional_2" in which:
+            partners["conditional_2"] = model.embed(x1.to(model.device)).float()
 
     curves = {}
     if "simultaneous" in which:

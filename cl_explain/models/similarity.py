@@ -91,11 +91,14 @@ class SimilarityModel(nn.Module):
         """S(x1, x2) for one validated pair, as a Python float."""
         check_image(x1, "x1")
         check_image(x2, "x2")
-        x1, x2 = x1.to(self.device), x2.to(self.device)
-        if x1.shape == x2.shape:  # one forward pass of two images instead of two of one
-            e1, e2 = self.embed(torch.cat([x1, x2])).split(len(x1))
-            return float(cosine(e1, e2))
-        return float(self.similarity(x1, x2))
+        return float(cosine(*self.embed_pair(x1.to(self.device), x2.to(self.device))))
+
+    def embed_pair(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f(x1), f(x2) as float32, in one forward pass when the two batches have the same shape."""
+        if x1.shape == x2.shape:
+            e1, e2 = self.embed(torch.cat([x1, x2])).float().split(len(x1))
+            return e1, e2
+        return self.embed(x1).float(), self.embed(x2).float()
 
     def fingerprint(self) -> str:
         """sha256 of all parameters and buffers: a cache key for results computed with this model."""
