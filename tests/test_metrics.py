@@ -369,6 +369,27 @@ def test_random_explanation_is_seeded():
     assert not torch.equal(a.map1, c.map1) and not torch.equal(a.map1, a.map2)
 
 
+def test_random_explanation_on_a_grid():
+    x1, x2 = images(11)
+    # a grid as fine as the image is the pixel-level map itself (same draws, no resizing)
+    assert torch.equal(random_explanation(x1, x2, seed=4, cells=SIDE).map1, random_explanation(x1, x2, seed=4).map1)
+    coarse = random_explanation(x1, x2, seed=4, cells=2)
+    assert coarse.map1.shape == (SIDE, SIDE) and coarse.params == {"seed": 4, "cells": 2}
+    assert coarse.map1.unique().numel() > 4  # interpolated, not blocky
+    # bilinear upsampling (half-pixel centres): the corner quarter-cells are flat at the corner values
+    corner = SIDE // 4
+    assert torch.equal(coarse.map1[:corner, :corner], coarse.map1[0, 0].expand(corner, corner))
+    assert coarse.map1[0, 0] != coarse.map1[-1, -1]
+    # smooth: neighbouring pixels differ far less than in a per-pixel map
+    def roughness(m):
+        return float((m[1:] - m[:-1]).abs().mean())
+
+    assert roughness(coarse.map1) < 0.25 * roughness(random_explanation(x1, x2, seed=4).map1)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="cells must be a positive integer"):
+            random_explanation(x1, x2, cells=bad)
+
+
 def test_spearman_matches_scipy_and_constant_maps_give_zero():
     from scipy.stats import spearmanr
 

@@ -177,6 +177,13 @@ def test_evaluate_any_number_of_pairs_matches_evaluate_pair(n_pairs):
     rnd = evaluate_pair(model, p.x1, p.x2, random_explanation(p.x1, p.x2, seed=p.seed), metrics)
     got = df[(df.pair_id == p.pair_id) & (df.method == "random")].set_index("metric")["value"]
     assert got.to_dict() == pytest.approx(rnd)
+    coarse = evaluate(model, pairs, ["grid"], metrics, method_params={"grid": {"method": "random", "cells": 4}},
+                      progress=False)
+    expected = evaluate_pair(model, p.x1, p.x2, random_explanation(p.x1, p.x2, seed=p.seed, cells=4), metrics)
+    assert coarse[coarse.pair_id == p.pair_id].set_index("metric")["value"].to_dict() == pytest.approx(expected)
+    assert expected != pytest.approx(rnd)  # the grid changes the baseline
+    with pytest.raises(ValueError, match="takes only 'cells'"):
+        evaluate(model, pairs, ["random"], metrics, method_params={"random": {"stride": 2}}, progress=False)
 
 
 def test_dict_pairs_labels_and_duplicates():

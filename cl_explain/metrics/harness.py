@@ -472,8 +472,9 @@ def _method_table(methods: Sequence[str] | str, method_params: Mapping[str, Mapp
         params = dict(method_params.get(label, {}))
         name = params.pop("method", label)
         if name == "random":
-            if params:
-                raise ValueError(f"the random baseline takes no parameters (its seed is the pair seed), got {params}")
+            unknown = sorted(set(params) - {"cells"})
+            if unknown:
+                raise ValueError(f"the random baseline takes only 'cells' (its seed is the pair seed), got {unknown}")
         else:
             get_method(name)
         table[label] = (name, params)
@@ -494,7 +495,7 @@ def evaluate(
 
     `pairs`: Pair objects (or make_pair results, or dicts) with x1, x2, optional mask1/mask2, pair_id,
     seed. `methods`: registered method names or labels; "random" is the seeded random-map baseline
-    (seed = the pair seed). `method_params`: label -> explain parameters; {"method": name} lets one
+    (seed = the pair seed; per pixel, or on a coarse grid with {"cells": k}). `method_params`: label -> explain parameters; {"method": name} lets one
     method appear under several labels (e.g. {"ixg_guided": {"method": "input_x_gradient", "guided": True}}).
     `metrics` default: `PAPER_METRICS`. `params`: metric options as in `evaluate_pair`; batch_size and
     precision also reach `explain` unless the method's params set them (without batch_size, each method
@@ -541,7 +542,7 @@ def evaluate(
                     missing = [metric for metric, value in found[index].items() if value is None]
                     if missing:
                         if name == "random":
-                            explanation = random_explanation(pair.x1, pair.x2, seed=pair.seed)
+                            explanation = random_explanation(pair.x1, pair.x2, seed=pair.seed, **explain_kw)
                         else:
                             x2 = pair.x2 if get_method(name).needs_pair else None
                             explanation = explain(model, pair.x1, x2, name, **explain_kw)

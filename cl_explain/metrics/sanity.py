@@ -26,22 +26,38 @@ from ..utils import check_image
 
 
 def random_explanation(
-    x1: torch.Tensor, x2: torch.Tensor | None = None, seed: int = 0, model: SimilarityModel | None = None
+    x1: torch.Tensor, x2: torch.Tensor | None = None, seed: int = 0, model: SimilarityModel | None = None,
+    cells: int | None = None,
 ) -> PairExplanation:
-    """Baseline: i.i.d. U[0, 1) maps at full image resolution, seeded (method name "random").
+    """Baseline: seeded i.i.d. U[0, 1) maps (method name "random").
 
-    `similarity` is S(x1, x2) when `model` is given, else NaN (it is not used by the metrics).
+    `cells=None`: one value per pixel. `cells=k`: a k x k grid of values, bilinearly upsampled to the
+    image like a CAM map. Pixel-level random maps delete and insert scattered single pixels, a
+    perturbation unlike the blobs that CAM and occlusion maps produce; a grid at the explainer's
+    resolution (the backbone's feature grid for CAMs) gives a baseline that differs from the
+    explanations only in where it puts saliency. `similarity` is S(x1, x2) when `model` is given,
+    else NaN (the metrics do not use it).
     """
     check_image(x1, "x1")
+    if cells is not None and (isinstance(cells, bool) or not isinstance(cells, int) or cells < 1):
+        raise ValueError(f"cells must be a positive integer (the random grid is cells x cells) or None, got {cells!r}")
     generator = torch.Generator().manual_seed(int(seed))
-    map1 = torch.rand(tuple(x1.shape[-2:]), generator=generator)
+
+    def draw(image: torch.Tensor) -> torch.Tensor:
+        size = tuple(image.shape[-2:])
+        if cells is None:
+            return torch.rand(size, generator=generator)
+        return resize_map(torch.rand((cells, cells), generator=generator), size)
+
+    map1 = draw(x1)
     map2 = None
     if x2 is not None:
         check_image(x2, "x2")
-        map2 = torch.rand(tuple(x2.shape[-2:]), generator=generator)
+        map2 = draw(x2)
     similarity = model.score(x1, x2) if (model is not None and x2 is not None) else float("nan")
+    params = {"seed": int(seed)} if cells is None else {"seed": int(seed), "cells": cells}
     return PairExplanation(
-        method="random", map1=map1, map2=map2, similarity=similarity, params={"seed": int(seed)},
+        method="random", map1=map1, map2=map2, similarity=similarity, params=params,
         seconds=0.0, image_size=tuple(x1.shape[-2:]),
     )
 
