@@ -1,6 +1,8 @@
-"""Small shared helpers: seeding, repository paths, input checks, size scaling, figure saving."""
+"""Small shared helpers: seeding, repository paths, input checks, size scaling, figure saving, source digest."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -88,6 +90,20 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
     fig.savefig(partial, dpi=dpi, format=path.suffix.lstrip(".") or "png", metadata={"Software": None})
     os.replace(partial, path)
     plt.close(fig)
+
+
+@functools.lru_cache(maxsize=4)
+def source_digest(package: Path | None = None) -> str:
+    """sha256 (first 16 hex digits) of every .py file under `package` (default: the installed cl_explain).
+
+    Part of every on-disk result cache key: a code change (a fixed bug, different numerics) must
+    never be answered with results computed by the old code.
+    """
+    package = Path(__file__).resolve().parent if package is None else Path(package)
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

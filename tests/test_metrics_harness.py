@@ -1,11 +1,14 @@
 """evaluate_pair / evaluate / summarise: results equal the metric functions, caching, errors, CIs."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+import cl_explain
 from cl_explain.explainers import base
 from cl_explain.explainers.base import PairExplanation, explain, register_method
 from cl_explain.metrics import (
@@ -240,6 +243,37 @@ def test_cache_key_follows_the_model_weights(tmp_path):
     b = evaluate(other, pairs, ["_test_metrics_linear"], ["deletion_conditional"], cache_dir=tmp_path, progress=False)
     assert len(list(tmp_path.rglob("*.json"))) == 2
     assert not np.allclose(a.value, b.value)
+
+
+def test_cache_key_follows_the_package_source(tmp_path, monkeypatch):
+    """A result computed by other code (another source digest) is not reused."""
+    from cl_explain.metrics import harness
+
+    pairs = make_pairs(1)
+    run = lambda: evaluate(patch_model(), pairs, ["_test_metrics_linear"], ["deletion_conditional"], cache_dir=tmp_path,
+                           progress=False)
+    first = run()
+    (stored,) = tmp_path.rglob("*.json")
+    stored.write_text(stored.read_text().replace(str(first.value.iloc[0]), "0.123456"))  # plant a stale value
+    assert run().value.iloc[0] == pytest.approx(0.123456)  # same code: the cache answers
+    monkeypatch.setattr(harness, "source_digest", lambda: "other-code")
+    assert run().value.iloc[0] == first.value.iloc[0]  # other code: recomputed
+    assert len(list(tmp_path.rglob("*.json"))) == 2
+
+
+def test_source_digest_changes_with_any_source_file(tmp_path):
+    import shutil
+
+    from cl_explain.utils import source_digest
+
+    package = Path(cl_explain.__file__).parent
+    copy = tmp_path / "copy"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert source_digest(copy) == source_digest()  # the digest depends on the files, not on where they are
+    deep = copy / "metrics" / "perturbation.py"
+    deep.write_text(deep.read_text() + "\n# changed\n")
+    source_digest.cache_clear()  # it hashes once per process and folder
+    assert source_digest(copy) != source_digest()
 
 
 def test_summarise_ci_contains_mean_and_shrinks_with_n():

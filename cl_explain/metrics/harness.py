@@ -3,7 +3,8 @@
 * `evaluate_pair` scores one explanation of one pair with the named metrics (`list_metrics()`).
 * `evaluate` explains every pair with every method and scores it: a tidy DataFrame
   (pair_id, seed, method, metric, value), cached on disk one small JSON file per
-  (model fingerprint, method + params, metric + params, pair) so a re-run recomputes nothing.
+  (package source digest, model fingerprint, method + params, metric + params, pair) so a re-run
+  recomputes nothing, and a code change recomputes everything.
 * `summarise` turns it into methods x metrics with means and bootstrap confidence intervals;
   `format_table` renders that as the paper's table in markdown.
 
@@ -35,7 +36,7 @@ import torch
 from ..data.pairs import Pair
 from ..explainers.base import PairExplanation, explain, get_method, resize_map
 from ..models.similarity import SimilarityModel
-from ..utils import check_image, write_text_atomic
+from ..utils import check_image, source_digest, write_text_atomic
 from .common import MetricNotApplicable
 from .drop import drop_increase_many
 from .grounding import check_mask, energy_pointing_game, pointing_game
@@ -499,8 +500,9 @@ def evaluate(
     method appear under several labels (e.g. {"ixg_guided": {"method": "input_x_gradient", "guided": True}}).
     `metrics` default: `PAPER_METRICS`. `params`: metric options as in `evaluate_pair`; batch_size and
     precision also reach `explain` unless the method's params set them (without batch_size, each method
-    uses its own default). With `cache_dir`, every result
-    is stored in its own small JSON file and reused, so a re-run recomputes (and re-explains) nothing.
+    uses its own default). With `cache_dir`, every result is stored in its own small JSON file and
+    reused, so a re-run recomputes (and re-explains) nothing; the key includes a digest of the
+    package's source, so results of older code are never served.
     Non-applicable results are left out, warned about and listed in `df.attrs["not_applicable"]`.
     """
     from tqdm.auto import tqdm
@@ -515,6 +517,7 @@ def evaluate(
         raise ValueError(f"pairs must have distinct (pair_id, seed); repeated: {duplicated}")
     cache = _Cache(cache_dir)
     fingerprint = model.fingerprint() if cache_dir is not None else ""
+    code = source_digest() if cache_dir is not None else ""  # new code never reuses old results
     # batch_size reaches explain only when given: otherwise each method keeps its own (size-scaled) default
     explain_defaults = {"precision": options["precision"], **({"batch_size": params["batch_size"]} if "batch_size" in params else {})}
     digests = [(_digest(p.x1, p.x2), _digest(p.mask1, p.mask2)) for p in pairs]
@@ -530,7 +533,7 @@ def evaluate(
                     pair, (images, masks) = pairs[index], digests[index]
                     keys = {
                         metric: {
-                            "model": fingerprint, "method": name,
+                            "code": code, "model": fingerprint, "method": name,
                             "method_params": {k: v for k, v in explain_kw.items() if k != "batch_size"},
                             "metric": metric,
                             "metric_params": {k: options[k] for k in FAMILY_OPTIONS[METRICS[metric].family]},
