@@ -68,8 +68,11 @@ class TrainConfig:
 DEFAULT_CONFIGS = {
     "simclr": TrainConfig("simclr", snapshots=tuple(SIMCLR_SNAPSHOTS)),
     "supervised": TrainConfig("supervised", epochs=8),
-    "barlow-twins": TrainConfig("barlow-twins", epochs=30, out_dim=64),  # 64 < batch 128: a full-rank cross-correlation
-    "simsiam": TrainConfig("simsiam", epochs=30),
+    # Non-contrastive objectives need real weight decay (AdamW decays by lr * weight_decay per step; the
+    # default 1e-5 is none): 0.05 raised Barlow Twins' linear probe from 0.52 to 0.58 and SimSiam's from 0.53 to 0.58.
+    # (SimSiam with 40 epochs instead of 30 fell to 0.37: keep 30.)
+    "barlow-twins": TrainConfig("barlow-twins", epochs=30, out_dim=64, weight_decay=0.05),  # out_dim 64 < batch 128: a full-rank cross-correlation
+    "simsiam": TrainConfig("simsiam", epochs=30, weight_decay=0.05),
 }
 
 

@@ -13,13 +13,14 @@ from cl_explain.models import embedded
 from cl_explain.models.embedded import EMBEDDED_MODELS, OBJECTIVES, load_embedded, models_dir, read_manifest
 
 MANIFEST = read_manifest()
-_SHORT = ("known shortfall of the committed checkpoint (30 CPU epochs): kNN/linear probe only about 0.12 above "
-          "random init and a two-view pass rate of 0.71-0.82 (< 0.9); see the manifest")
+_PASS_SHORT = ("known shortfall of the committed checkpoint (30 CPU epochs): two-view pass rate 0.80-0.81 < 0.9 "
+               "(SimCLR, which optimises exactly this ranking, reaches 0.92); see the manifest")
 SSL = [
     "embedded-simclr",
-    pytest.param("embedded-barlow-twins", marks=pytest.mark.xfail(reason=_SHORT, strict=False)),
-    pytest.param("embedded-simsiam", marks=pytest.mark.xfail(reason=_SHORT, strict=False)),
+    pytest.param("embedded-barlow-twins", marks=pytest.mark.xfail(reason=_PASS_SHORT, strict=False)),
+    pytest.param("embedded-simsiam", marks=pytest.mark.xfail(reason=_PASS_SHORT, strict=False)),
 ]
+_SIMSIAM_KNN = "known shortfall: SimSiam's kNN is 0.146 above random init (linear probe: 0.169); see the manifest"
 
 
 def test_every_registered_model_is_in_the_manifest_with_its_file():
@@ -90,15 +91,21 @@ def test_default_location_checks_the_manifest_hash(tmp_path, monkeypatch):
         load_model("embedded-simsiam")  # no manifest entry at all
 
 
-@pytest.mark.parametrize("name", SSL)
+@pytest.mark.parametrize("name", [
+    "embedded-simclr", "embedded-barlow-twins",
+    pytest.param("embedded-simsiam", marks=pytest.mark.xfail(reason=_SIMSIAM_KNN, strict=False)),
+])
 def test_ssl_models_far_above_random_init_and_chance(name):
     entry = MANIFEST["models"][name]
     quality, baseline = entry["quality"], entry["random_init_quality"]
-    chance = quality["chance"]
     for metric in ("knn_top1", "linear_probe_top1"):
         assert quality[metric] > baseline[metric] + 0.15, f"{name} {metric} not far above random init"
-        assert quality[metric] > 2 * chance
-    assert quality["view_pass_rate"] >= 0.9
+        assert quality[metric] > 2 * quality["chance"]
+
+
+@pytest.mark.parametrize("name", SSL)
+def test_two_views_of_a_scene_beat_another_scene(name):
+    assert MANIFEST["models"][name]["quality"]["view_pass_rate"] >= 0.9
 
 
 @pytest.mark.parametrize("name", ["embedded-simclr", "embedded-barlow-twins", "embedded-simsiam", "embedded-supervised"])
