@@ -45,14 +45,14 @@ def main() -> None:
     metrics = ["insertion_simultaneous", "deletion_simultaneous", "insertion_conditional", "deletion_conditional",
                "pointing_game", "energy_pointing_game"]
     start = time.perf_counter()
-    df = cl_explain.evaluate(model, pairs, methods, metrics, method_params={"random_grid": baselines["random_grid"]},
-                             cache_dir=args.cache, progress=False)
+    df = cl_explain.evaluate(model, pairs, methods, metrics, method_params=baselines, cache_dir=args.cache,
+                             progress=False)
     print(f"## {args.model}: {args.pairs} test pairs, {time.perf_counter() - start:.0f} s "
           f"(random_grid: random {grid} x {grid} maps, bilinearly upsampled like the CAMs)\n")
     print(format_table(cl_explain.summarise(df, n_boot=2000), metrics=metrics))
 
-    means = df[df.metric.isin(metrics)].groupby(["method", "metric"]).value.mean().unstack()
     per_pair = df[df.metric.isin(metrics)].pivot_table(index=["pair_id", "seed"], columns=["method", "metric"], values="value")
+    means = per_pair.mean().unstack()
     for baseline in baselines:
         for form in ("simultaneous", "conditional"):
             ins_name, del_name = f"insertion_{form}", f"deletion_{form}"
