@@ -89,8 +89,8 @@ def tiny_scenes():
 @pytest.mark.parametrize("objective", ["simclr", "barlow-twins", "simsiam", "supervised"])
 def test_tiny_training_is_bit_identical(objective, tiny_scenes):
     config = TrainConfig(objective, epochs=1, batch_size=8, width=4, size=32, n_train=16, threads=1, max_steps=2)
-    model_a, info_a = train(config, tiny_scenes, log=lambda message: None)
-    model_b, _ = train(config, tiny_scenes, log=lambda message: None)
+    model_a, info_a = train(config, tiny_scenes, log=lambda message: None, view_workers=0)
+    model_b, _ = train(config, tiny_scenes, log=lambda message: None, view_workers=0)
     state_a, state_b = model_a.state_dict(), model_b.state_dict()
     assert state_a.keys() == state_b.keys()
     assert all(torch.equal(state_a[key], state_b[key]) for key in state_a)
@@ -105,9 +105,90 @@ def test_tiny_training_is_bit_identical(objective, tiny_scenes):
 
 def test_different_seed_gives_different_weights(tiny_scenes):
     base = dict(epochs=1, batch_size=8, width=4, size=32, n_train=16, threads=1, max_steps=1)
-    a, _ = train(TrainConfig("simclr", seed=0, **base), tiny_scenes, log=lambda message: None)
-    b, _ = train(TrainConfig("simclr", seed=1, **base), tiny_scenes, log=lambda message: None)
+    a, _ = train(TrainConfig("simclr", seed=0, **base), tiny_scenes, log=lambda message: None, view_workers=0)
+    b, _ = train(TrainConfig("simclr", seed=1, **base), tiny_scenes, log=lambda message: None, view_workers=0)
     assert not torch.equal(a.backbone.state_dict()["stages.stem.conv1.weight"], b.backbone.state_dict()["stages.stem.conv1.weight"])
+
+
+def test_views_rendered_by_a_worker_process_give_the_same_views_and_weights(tiny_scenes, monkeypatch):
+    import cl_explain.train as train_module
+
+    config = TrainConfig("barlow-twins", epochs=3, batch_size=8, width=4, size=32, n_train=16, threads=1)
+    banks_here, banks_worker = {}, {}
+    b, _ = train(config, tiny_scenes, banks=banks_here, log=lambda message: None, view_workers=0)
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("views rendered in the training process")
+
+    monkeypatch.setattr(train_module, "view_bank", not_here)  # the spawned worker imports the real one
+    a, info = train(config, tiny_scenes, banks=banks_worker, log=lambda message: None, view_workers=1)
+    assert sorted(key[1] for key in banks_worker) == [1, 2, 3]  # one bank per epoch, all from the worker
+    assert banks_worker.keys() == banks_here.keys()
+    assert all(torch.equal(banks_worker[key], banks_here[key]) for key in banks_here)
+    assert all(torch.equal(a.state_dict()[key], value) for key, value in b.state_dict().items())
+    assert info["augment_seconds"] >= 0
+
+
+def test_channels_last_training_matches_the_standard_layout_up_to_rounding(tiny_scenes):
+    base = dict(epochs=1, batch_size=8, width=16, size=32, n_train=16, threads=1, max_steps=2)
+    plain, _ = train(TrainConfig("simclr", **base), tiny_scenes, log=lambda message: None, view_workers=0)
+    fast, info = train(TrainConfig("simclr", channels_last=True, **base), tiny_scenes, log=lambda message: None,
+                       view_workers=0)
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(fast.state_dict()[key], value, rtol=1e-3, atol=1e-4)
+    stored = info["payload"]["backbone"]["stages.stem.conv1.weight"]
+    assert stored.is_contiguous() and not stored.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_cycled_view_banks_equal_training_on_repeated_banks(tiny_scenes):
+    base = dict(epochs=3, batch_size=8, width=4, size=32, n_train=16, threads=1)
+    cycled_banks = {}
+    cycled, _ = train(TrainConfig("simsiam", view_epochs=2, **base), tiny_scenes, banks=cycled_banks,
+                      log=lambda message: None, view_workers=0)
+    assert sorted(key[1] for key in cycled_banks) == [1, 2]  # epoch 3 trained on bank 1 again
+    # the same run spelled out: one bank per epoch, with epoch 3's bank a copy of epoch 1's
+    key = next(key for key in cycled_banks if key[1] == 1)
+    repeated = {**cycled_banks, (key[0], 3, *key[2:]): cycled_banks[key]}
+    spelled, _ = train(TrainConfig("simsiam", **base), tiny_scenes, banks=repeated, log=lambda message: None,
+                       view_workers=0)
+    fresh, _ = train(TrainConfig("simsiam", **base), tiny_scenes, log=lambda message: None, view_workers=0)
+    weight = "stages.layer4.conv2.weight"
+    assert torch.equal(cycled.backbone.state_dict()[weight], spelled.backbone.state_dict()[weight])
+    assert not torch.equal(cycled.backbone.state_dict()[weight], fresh.backbone.state_dict()[weight])
+    with pytest.raises(ValueError, match="view_epochs must be"):
+        TrainConfig("simclr", view_epochs=0)
+
+
+@pytest.mark.parametrize("objective", ["simsiam", "barlow-twins"])
+def test_fixed_predictor_lr_keeps_only_the_simsiam_predictor_at_the_base_rate(objective):
+    from cl_explain.models.embedded import build_backbone, build_head
+    from cl_explain.train import _optimizer
+
+    config = TrainConfig(objective, width=4, lr=0.01, fixed_predictor_lr=True)
+    backbone, head = build_backbone(4), build_head(objective, 4)
+    optimizer, schedule = _optimizer(config, backbone, head, total_steps=10)
+    for _ in range(5):  # half way: cosine factor 0.5
+        optimizer.step()
+        schedule.step()
+    rates = [group["lr"] for group in optimizer.param_groups]
+    if objective == "simsiam":
+        assert rates == pytest.approx([0.005, 0.01])
+        assert {id(p) for p in optimizer.param_groups[1]["params"]} == {id(p) for p in head.predictor.parameters()}
+    else:  # no predictor: the option has nothing to act on
+        assert rates == pytest.approx([0.005])
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(backbone.parameters())) + len(
+        list(head.parameters()))
+
+
+def test_channels_last_with_a_narrow_backbone_is_refused():
+    with pytest.raises(ValueError, match="width >= 16"):
+        TrainConfig("simclr", width=4, channels_last=True)
+
+
+def test_bad_view_workers_is_refused(tiny_scenes):
+    with pytest.raises(ValueError, match="view_workers must be 0"):
+        train(TrainConfig("simclr", epochs=1, batch_size=8, width=4, size=32, n_train=16), tiny_scenes,
+              log=lambda message: None, view_workers=2)
 
 
 def test_unknown_objective_is_refused():

@@ -160,9 +160,14 @@ def checkpoint_payload(name: str, objective: str, config: dict, backbone: nn.Mod
         "epoch": int(epoch),
         "config": dict(config),
         "normalize": {"mean": [float(v) for v in normalize[0]], "std": [float(v) for v in normalize[1]]},
-        "backbone": {k: v.detach().clone() for k, v in backbone.state_dict().items()},
-        "head": {k: v.detach().clone() for k, v in head.state_dict().items()},
+        "backbone": _stored(backbone),
+        "head": _stored(head),
     }
+
+
+def _stored(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of the state in the standard (contiguous) layout, however the module was trained."""
+    return {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in module.state_dict().items()}
 
 
 def model_from_payload(payload: dict, path: str | os.PathLike) -> SimilarityModel:
