@@ -80,8 +80,13 @@ DEFAULT_CONFIGS = {
     "supervised": TrainConfig("supervised", epochs=8),
     # Non-contrastive objectives need real weight decay (AdamW decays by lr * weight_decay per step; the
     # default 1e-5 is none): 0.05 raised Barlow Twins' linear probe from 0.52 to 0.58 and SimSiam's from 0.53 to 0.58.
-    # (SimSiam with 40 epochs instead of 30 fell to 0.37: keep 30.)
-    "barlow-twins": TrainConfig("barlow-twins", epochs=30, out_dim=64, weight_decay=0.05),  # out_dim 64 < batch 128: a full-rank cross-correlation
+    # Barlow Twins: a wide projector (512-d, 8x the features, as the paper's 8192-d on 2048) and 80 epochs on 30
+    # cycled view banks (channels-last to fit 20 minutes) raised kNN / linear probe / two-view pass rate from
+    # 0.45 / 0.58 / 0.81 (64-d, 30 epochs) to 0.54 / 0.67 / 0.90.
+    "barlow-twins": TrainConfig("barlow-twins", epochs=80, out_dim=512, weight_decay=0.05, view_epochs=30,
+                                channels_last=True),
+    # SimSiam stays at 30 epochs: longer runs collapse partly (40 epochs: kNN 0.37; 80 epochs with the predictor at
+    # a constant learning rate, 30 cycled view banks and channels-last: kNN 0.29, pass rate 0.56).
     "simsiam": TrainConfig("simsiam", epochs=30, weight_decay=0.05),
 }
 
