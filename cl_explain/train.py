@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -141,6 +143,14 @@ def _start_view_worker(scenes: SceneSet) -> None:
     global _worker_scenes
     torch.set_num_threads(1)
     _worker_scenes = scenes
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """Stop the worker once the training process is gone (killed runs must not leave it rendering)."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(0)
 
 
 def _worker_view_bank(size: int, seed: int, epoch: int) -> torch.Tensor:

@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -183,6 +188,56 @@ def test_fixed_predictor_lr_keeps_only_the_simsiam_predictor_at_the_base_rate(ob
 def test_channels_last_with_a_narrow_backbone_is_refused():
     with pytest.raises(ValueError, match="width >= 16"):
         TrainConfig("simclr", width=4, channels_last=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+def _view_workers_of(parent: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    spawned = b"spawn_main" in cmdline.read()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if ppid == parent and spawned:
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the process table from /proc (Linux)")
+def test_view_worker_stops_when_the_training_process_is_killed():
+    script = (
+        "from cl_explain.data.scenes import load_split\n"
+        "from cl_explain.train import TrainConfig, train\n"
+        "scenes = load_split('train', n=256, seed=3, size=32, cache=False)\n"
+        "config = TrainConfig('simclr', epochs=10_000, batch_size=64, width=4, size=32, n_train=256)\n"
+        "train(config, scenes, log=lambda message: print(message, flush=True))\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert "epoch 1/" in process.stdout.readline()  # the worker rendered the first bank
+        workers = _view_workers_of(process.pid)
+        assert len(workers) == 1
+    finally:
+        process.kill()
+        process.wait()
+    deadline = time.monotonic() + 15
+    while _alive(workers[0]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    orphaned = _alive(workers[0])
+    if orphaned:
+        os.kill(workers[0], signal.SIGKILL)
+    assert not orphaned, "the view worker outlived the training process"
 
 
 def test_bad_view_workers_is_refused(tiny_scenes):
