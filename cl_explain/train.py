@@ -59,7 +59,7 @@ class TrainConfig:
     seed: int = 0
     data_seed: int = 0
     threads: int = 1  # part of the determinism contract: same threads -> same weights
-    view_epochs: int | None = None  # distinct view banks, cycled (epoch e uses bank (e - 1) % view_epochs + 1); None: one per epoch
+    view_epochs: int | None = None  # distinct view banks, cycled: epoch e uses bank (e - 1) % view_epochs + 1
     channels_last: bool = False  # train the backbone in channels-last layout (about 1.3x faster on CPU; other rounding)
     fixed_predictor_lr: bool = False  # SimSiam: keep the predictor's learning rate constant (no cosine decay)
     max_steps: int | None = None  # stop early (tests)
@@ -188,7 +188,8 @@ class _ViewBanks:
             return
         missing = [self.key(e) for e in range(epoch + 1, self.last_epoch + 1) if self.key(e) not in self.banks]
         if missing:
-            self.pending[missing[0]] = self.pool.submit(_worker_view_bank, self.config.size, self.config.seed, missing[0][1])
+            key = missing[0]
+            self.pending[key] = self.pool.submit(_worker_view_bank, self.config.size, self.config.seed, key[1])
 
     def get(self, epoch: int) -> torch.Tensor:
         started = time.perf_counter()
