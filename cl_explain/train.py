@@ -40,6 +40,9 @@ __all__ = [
 ]
 
 
+OPTIMIZERS = ("adamw", "sgd")
+
+
 @dataclass
 class TrainConfig:
     """Everything that determines a training run (stored in the checkpoint and the manifest)."""
@@ -62,6 +65,7 @@ class TrainConfig:
     view_epochs: int | None = None  # distinct view banks, cycled: epoch e uses bank (e - 1) % view_epochs + 1
     channels_last: bool = False  # train the backbone in channels-last layout (about 1.3x faster on CPU; other rounding)
     fixed_predictor_lr: bool = False  # SimSiam: keep the predictor's learning rate constant (no cosine decay)
+    optimizer: str = "adamw"  # or "sgd" (momentum 0.9, as the SimSiam paper; weight decay then is L2)
     max_steps: int | None = None  # stop early (tests)
     snapshots: tuple[int, ...] = field(default_factory=tuple)
 
@@ -70,6 +74,8 @@ class TrainConfig:
             raise ValueError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
         if self.view_epochs is not None and self.view_epochs < 1:
             raise ValueError(f"view_epochs must be a positive number of view banks or None, got {self.view_epochs!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if self.channels_last and self.width < 16:
             # oneDNN issue 6035: in channels-last layout the weight gradient of a strided 1x1 convolution
             # with fewer input channels than the kernel's block (8 on AVX2, 16 on AVX-512) writes out of bounds
@@ -82,14 +88,17 @@ DEFAULT_CONFIGS = {
     "supervised": TrainConfig("supervised", epochs=8),
     # Non-contrastive objectives need real weight decay (AdamW decays by lr * weight_decay per step; the
     # default 1e-5 is none): 0.05 raised Barlow Twins' linear probe from 0.52 to 0.58 and SimSiam's from 0.53 to 0.58.
-    # Barlow Twins: a wide projector (512-d, 8x the features, as the paper's 8192-d on 2048) and 80 epochs on 30
-    # cycled view banks (channels-last to fit 20 minutes) raised kNN / linear probe / two-view pass rate from
-    # 0.45 / 0.58 / 0.81 (64-d, 30 epochs) to 0.54 / 0.67 / 0.90.
-    "barlow-twins": TrainConfig("barlow-twins", epochs=80, out_dim=512, weight_decay=0.05, view_epochs=30,
-                                channels_last=True),
-    # SimSiam stays at 30 epochs: longer runs collapse partly (40 epochs: kNN 0.37; 80 epochs with the predictor at
-    # a constant learning rate, 30 cycled view banks and channels-last: kNN 0.29, pass rate 0.56).
-    "simsiam": TrainConfig("simsiam", epochs=30, weight_decay=0.05),
+    # Barlow Twins: a wide projector (512-d, 8x the features, as the paper's 8192-d on 2048) and 100 epochs on 30
+    # cycled view banks (two threads and channels-last to fit 20 minutes) raised kNN / linear probe / two-view pass
+    # rate from 0.45 / 0.58 / 0.81 (64-d, 30 epochs) to 0.54 / 0.62 / 0.92 (80 epochs: 0.54 / 0.67 / 0.896).
+    "barlow-twins": TrainConfig("barlow-twins", epochs=100, out_dim=512, weight_decay=0.05, view_epochs=30,
+                                channels_last=True, threads=2),
+    # SimSiam collapsed partly in every AdamW run longer than 30 epochs (80 epochs: kNN 0.29, pass rate 0.56). SGD as
+    # in the SimSiam paper (momentum 0.9, predictor at a constant rate) trains stably for 120 epochs and raised kNN /
+    # linear probe / two-view pass rate from 0.45 / 0.58 / 0.80 (AdamW, 30 epochs) to 0.47 / 0.59 / 0.86
+    # (lr 0.05 for 100 epochs: 0.46 / 0.58 / 0.85).
+    "simsiam": TrainConfig("simsiam", epochs=120, optimizer="sgd", lr=0.03, weight_decay=5e-4, fixed_predictor_lr=True,
+                           view_epochs=30, channels_last=True, threads=2),
 }
 
 
@@ -158,23 +167,34 @@ def _worker_view_bank(size: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class _ViewBanks:
-    """The per-epoch view banks of one run: taken from the shared cache `banks`, else rendered. With a
-    worker process, the next missing bank is rendered while an epoch trains. `waited`: seconds the
-    training spent waiting for banks."""
+    """The per-epoch view banks of one run: taken from the shared cache `banks`, else rendered by
+    `workers` processes (0: in this process). With a single-threaded training the workers render the
+    next missing banks while an epoch trains; with more training threads every missing bank is
+    rendered first, in parallel, because rendering beside a multi-threaded training slowed its steps
+    3.7x. `waited`: seconds the training spent waiting for banks."""
 
-    def __init__(self, scenes: SceneSet, config: TrainConfig, banks: dict, last_epoch: int, workers: int) -> None:
-        if workers not in (0, 1):
-            raise ValueError(f"view_workers must be 0 (render views in this process) or 1, got {workers!r}")
+    def __init__(self, scenes: SceneSet, config: TrainConfig, banks: dict, last_epoch: int, workers: int,
+                 log=print) -> None:
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+            raise ValueError(f"view_workers must be a number of processes >= 0 (0: render views in this process), "
+                             f"got {workers!r}")
         self.scenes, self.config, self.banks, self.last_epoch = scenes, config, banks, last_epoch
-        self.waited, self.pending = 0.0, {}
+        self.workers, self.waited, self.pending = workers, 0.0, {}
         self.pool = None
-        if workers and any(self.key(e) not in banks for e in range(1, last_epoch + 1)):
+        if workers and self._missing(0):
             from concurrent.futures import ProcessPoolExecutor
             from multiprocessing import get_context
             # spawn, not fork: a forked child of a process that has run OpenMP code can hang
-            self.pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_start_view_worker,
+            self.pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_view_worker,
                                             initargs=(scenes,))
             self._request_after(0)
+            if config.threads > 1:
+                log(f"rendering {len(self.pending)} view banks in {workers} processes before training "
+                    f"(the {config.threads}-thread training would compete with them)")
+                started = time.perf_counter()
+                for key in list(self.pending):
+                    self.banks[key] = self.pending.pop(key).result()
+                self.waited += time.perf_counter() - started
 
     def key(self, epoch: int) -> tuple:
         """Cache key of the bank that `epoch` trains on (banks cycle after `config.view_epochs`)."""
@@ -182,13 +202,18 @@ class _ViewBanks:
         bank = epoch if c.view_epochs is None else (epoch - 1) % c.view_epochs + 1
         return (c.seed, bank, c.size, c.data_seed, len(self.scenes))
 
+    def _missing(self, epoch: int) -> list[tuple]:
+        """Keys of the banks after `epoch`'s that are neither cached nor being rendered, in order."""
+        keys = dict.fromkeys(self.key(e) for e in range(epoch + 1, self.last_epoch + 1))
+        return [key for key in keys if key not in self.banks and key not in self.pending]
+
     def _request_after(self, epoch: int) -> None:
-        """Keep the worker busy: queue the first bank after `epoch`'s that is missing."""
-        if self.pool is None or self.pending:
+        """Keep the workers busy: queue missing banks after `epoch`'s, one per idle worker (all of them
+        when rendering comes first)."""
+        if self.pool is None:
             return
-        missing = [self.key(e) for e in range(epoch + 1, self.last_epoch + 1) if self.key(e) not in self.banks]
-        if missing:
-            key = missing[0]
+        room = len(self._missing(epoch)) if self.config.threads > 1 else self.workers - len(self.pending)
+        for key in self._missing(epoch)[:max(room, 0)]:
             self.pending[key] = self.pool.submit(_worker_view_bank, self.config.size, self.config.seed, key[1])
 
     def get(self, epoch: int) -> torch.Tensor:
@@ -234,13 +259,16 @@ def _loss(objective: str, config: TrainConfig, backbone: nn.Module, head: nn.Mod
 
 def _optimizer(config: TrainConfig, backbone: nn.Module, head: nn.Module, total_steps: int
                ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over all weights with a cosine decay to 0 over `total_steps`; with `fixed_predictor_lr`
-    (SimSiam) the predictor keeps the base learning rate, as in the SimSiam paper."""
+    """AdamW (or SGD with momentum 0.9) over all weights with a cosine decay to 0 over `total_steps`;
+    with `fixed_predictor_lr` (SimSiam) the predictor keeps the base learning rate, as in the SimSiam paper."""
     fixed = list(head.predictor.parameters()) if config.fixed_predictor_lr and config.objective == "simsiam" else []
     fixed_ids = {id(p) for p in fixed}
     scheduled = [p for p in list(backbone.parameters()) + list(head.parameters()) if id(p) not in fixed_ids]
     groups = [{"params": scheduled}] + ([{"params": fixed}] if fixed else [])
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
     def cosine(step: int) -> float:
         return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
@@ -250,15 +278,16 @@ def _optimizer(config: TrainConfig, backbone: nn.Module, head: nn.Module, total_
 
 
 def train(config: TrainConfig, scenes: SceneSet | None = None, banks: dict | None = None,
-          log=print, view_workers: int = 1) -> tuple[SimilarityModel, dict]:
+          log=print, view_workers: int | None = None) -> tuple[SimilarityModel, dict]:
     """Train one model; returns (model, info) where info has 'seconds' (optimisation), 'augment_seconds'
     (waiting for view banks: rendering not hidden behind training), 'losses', 'snapshots' (epoch ->
     checkpoint payload, epoch 0 = the initialisation) and 'payload' (the final checkpoint).
 
     Same config (and thread count) -> bit-identical weights. `banks` (a dict) shares the per-epoch
-    view banks between runs with the same seed (all objectives see the same views). With
-    `view_workers=1` a worker process renders the next epoch's views while this one trains (same
-    views, same weights as `view_workers=0`, which renders them in this process).
+    view banks between runs with the same seed (all objectives see the same views). `view_workers`
+    processes render the views (None: one per training thread; 0: in this process; the views and
+    weights are the same either way). With one training thread they render ahead while epochs
+    train; with more, all banks are rendered before the first epoch.
     """
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
@@ -288,7 +317,8 @@ def train(config: TrainConfig, scenes: SceneSet | None = None, banks: dict | Non
             snapshots[0] = checkpoint_payload(f"{name}-e00", config.objective, cfg, backbone, head, normalize, 0)
         n_views = 1 if config.objective == "supervised" else 2
         last_epoch = min(config.epochs, math.ceil(total / steps_per_epoch))
-        source = _ViewBanks(scenes, config, {} if banks is None else banks, last_epoch, view_workers)
+        source = _ViewBanks(scenes, config, {} if banks is None else banks, last_epoch,
+                            config.threads if view_workers is None else view_workers, log)
         losses, step, seconds = [], 0, 0.0
         backbone.train()
         head.train()

@@ -185,6 +185,25 @@ def test_fixed_predictor_lr_keeps_only_the_simsiam_predictor_at_the_base_rate(ob
         list(head.parameters()))
 
 
+def test_sgd_takes_a_plain_l2_momentum_step_and_keeps_the_schedule():
+    from cl_explain.models.embedded import build_backbone, build_head
+    from cl_explain.train import _optimizer
+
+    config = TrainConfig("simsiam", width=4, lr=0.1, weight_decay=0.01, optimizer="sgd")
+    backbone, head = build_backbone(4), build_head("simsiam", 4)
+    optimizer, schedule = _optimizer(config, backbone, head, total_steps=4)
+    weight = head.projector[0].weight
+    before, gradient = weight.detach().clone(), torch.randn_like(weight)
+    weight.grad = gradient
+    optimizer.step()
+    # first step of SGD with momentum: the buffer is the L2-regularised gradient itself
+    assert torch.allclose(weight.detach(), before - 0.1 * (gradient + 0.01 * before), atol=1e-7)
+    schedule.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi / 4)))
+    with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
+        TrainConfig("simsiam", optimizer="lamb")
+
+
 def test_channels_last_with_a_narrow_backbone_is_refused():
     with pytest.raises(ValueError, match="width >= 16"):
         TrainConfig("simclr", width=4, channels_last=True)
@@ -240,10 +259,28 @@ def test_view_worker_stops_when_the_training_process_is_killed():
     assert not orphaned, "the view worker outlived the training process"
 
 
-def test_bad_view_workers_is_refused(tiny_scenes):
-    with pytest.raises(ValueError, match="view_workers must be 0"):
+def test_multi_threaded_training_renders_every_bank_first_with_parallel_workers(tiny_scenes, monkeypatch):
+    import cl_explain.train as train_module
+
+    config = TrainConfig("simclr", epochs=4, batch_size=8, width=4, size=32, n_train=16, threads=2, view_epochs=3)
+    banks_here, banks_workers = {}, {}
+    b, _ = train(config, tiny_scenes, banks=banks_here, log=lambda message: None, view_workers=0)
+    monkeypatch.setattr(train_module, "view_bank", lambda *args, **kwargs: pytest.fail("rendered in the trainer"))
+    messages = []
+    a, info = train(config, tiny_scenes, banks=banks_workers, view_workers=2,
+                    log=lambda message: messages.append((message, len(banks_workers))))
+    assert messages[0][0].startswith("rendering 3 view banks in 2 processes before training")
+    assert [n for _, n in messages[1:]] == [3, 3, 3, 3]  # all three distinct banks existed after epoch 1
+    assert all(torch.equal(banks_workers[key], banks_here[key]) for key in banks_here)
+    assert all(torch.equal(a.state_dict()[key], value) for key, value in b.state_dict().items())
+    assert info["augment_seconds"] > 0
+
+
+@pytest.mark.parametrize("workers", [-1, 1.5, True])
+def test_bad_view_workers_is_refused(tiny_scenes, workers):
+    with pytest.raises(ValueError, match="view_workers must be a number of processes"):
         train(TrainConfig("simclr", epochs=1, batch_size=8, width=4, size=32, n_train=16), tiny_scenes,
-              log=lambda message: None, view_workers=2)
+              log=lambda message: None, view_workers=workers)
 
 
 def test_unknown_objective_is_refused():
