@@ -101,7 +101,7 @@ def test_ssl_models_far_above_random_init_and_chance(name):
 
 
 @pytest.fixture(scope="module")
-def test_view_pairs():
+def split_view_pairs():
     """The evaluation's (SimCLR view, SimCLR view) pairs of the 800 test scenes, rendered from scratch."""
     from cl_explain.data.scenes import load_split
     from cl_explain.train import pair_views
@@ -110,7 +110,7 @@ def test_view_pairs():
 
 
 @pytest.mark.parametrize("name", SSL)
-def test_two_views_of_a_scene_beat_another_scene(name, test_view_pairs):
+def test_two_views_of_a_scene_beat_another_scene(name, split_view_pairs):
     """Recompute the two-view pass rate from the checkpoint, compare with the manifest, hold it to 0.9."""
     from cl_explain.train import view_pass_rate
 
@@ -118,7 +118,7 @@ def test_two_views_of_a_scene_beat_another_scene(name, test_view_pairs):
     previous = torch.get_num_threads()
     torch.set_num_threads(entry["config"]["threads"])  # the thread count of the manifest's evaluation
     try:
-        rate = view_pass_rate(load_model(name), test_view_pairs)
+        rate = view_pass_rate(load_model(name), split_view_pairs)
     finally:
         torch.set_num_threads(previous)
     assert rate == pytest.approx(entry["quality"]["view_pass_rate"], abs=1e-4)
