@@ -212,8 +212,9 @@ class _ViewBanks:
         when rendering comes first)."""
         if self.pool is None:
             return
-        room = len(self._missing(epoch)) if self.config.threads > 1 else self.workers - len(self.pending)
-        for key in self._missing(epoch)[:max(room, 0)]:
+        missing = self._missing(epoch)
+        room = len(missing) if self.config.threads > 1 else self.workers - len(self.pending)
+        for key in missing[:max(room, 0)]:
             self.pending[key] = self.pool.submit(_worker_view_bank, self.config.size, self.config.seed, key[1])
 
     def get(self, epoch: int) -> torch.Tensor:
