@@ -13,14 +13,7 @@ from cl_explain.models import embedded
 from cl_explain.models.embedded import EMBEDDED_MODELS, OBJECTIVES, load_embedded, models_dir, read_manifest
 
 MANIFEST = read_manifest()
-_PASS_SHORT = ("known shortfall of the committed checkpoint: two-view pass rate {} < 0.9 (SimCLR, which optimises "
-               "exactly this ranking, reaches 0.92); see the manifest")
-SSL = [
-    "embedded-simclr",
-    "embedded-barlow-twins",
-    pytest.param("embedded-simsiam", marks=pytest.mark.xfail(reason=_PASS_SHORT.format("0.858 (SGD, 120 epochs)"),
-                                                              strict=False)),
-]
+SSL = ["embedded-simclr", "embedded-barlow-twins", "embedded-simsiam"]
 
 
 def test_every_registered_model_is_in_the_manifest_with_its_file():

@@ -185,7 +185,7 @@ def test_evaluate_any_number_of_pairs_matches_evaluate_pair(n_pairs):
     expected = evaluate_pair(model, p.x1, p.x2, random_explanation(p.x1, p.x2, seed=p.seed, cells=4), metrics)
     assert coarse[coarse.pair_id == p.pair_id].set_index("metric")["value"].to_dict() == pytest.approx(expected)
     assert expected != pytest.approx(rnd)  # the grid changes the baseline
-    with pytest.raises(ValueError, match="takes only 'cells'"):
+    with pytest.raises(ValueError, match=r"takes only \['cells'\]"):
         evaluate(model, pairs, ["random"], metrics, method_params={"random": {"stride": 2}}, progress=False)
 
 

@@ -185,6 +185,20 @@ def test_fixed_predictor_lr_keeps_only_the_simsiam_predictor_at_the_base_rate(ob
         list(head.parameters()))
 
 
+@pytest.mark.parametrize("out_dim, widths", [
+    (None, [(64, 64), (64, 64), (64, 64), (64, 16), (16, 64)]),  # the committed head: everything at d = 64
+    (512, [(64, 512), (512, 512), (512, 512), (512, 128), (128, 512)]),  # the paper's shape, D = 512
+])
+def test_simsiam_head_has_the_papers_shape_at_its_output_width(out_dim, widths):
+    from cl_explain.models.embedded import build_head, feature_dim
+
+    assert feature_dim(16) == 64
+    head = build_head("simsiam", 16, out_dim=out_dim)
+    linears = [(layer.in_features, layer.out_features) for layer in head.modules() if isinstance(layer, torch.nn.Linear)]
+    assert linears == widths
+    assert head(torch.randn(3, 64)).shape == (3, widths[-1][1])
+
+
 def test_sgd_takes_a_plain_l2_momentum_step_and_keeps_the_schedule():
     from cl_explain.models.embedded import build_backbone, build_head
     from cl_explain.train import _optimizer

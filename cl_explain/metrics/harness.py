@@ -21,6 +21,7 @@ leaves such rows out, lists them in `df.attrs["not_applicable"]` and warns. A re
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
 import warnings
@@ -461,6 +462,10 @@ def _as_pair(item: Any, index: int) -> Pair:
     )
 
 
+# what a caller may set for the random baseline: its options, not the pair it is drawn for
+_RANDOM_OPTIONS = set(inspect.signature(random_explanation).parameters) - {"x1", "x2", "seed", "model"}
+
+
 def _method_table(methods: Sequence[str] | str, method_params: Mapping[str, Mapping] | None) -> dict[str, tuple[str, dict]]:
     """Labels -> (registered method name, params). A label's params may name the method: {"method": ...}."""
     methods = [methods] if isinstance(methods, str) else list(methods)
@@ -473,9 +478,10 @@ def _method_table(methods: Sequence[str] | str, method_params: Mapping[str, Mapp
         params = dict(method_params.get(label, {}))
         name = params.pop("method", label)
         if name == "random":
-            unknown = sorted(set(params) - {"cells"})
+            unknown = sorted(set(params) - _RANDOM_OPTIONS)
             if unknown:
-                raise ValueError(f"the random baseline takes only 'cells' (its seed is the pair seed), got {unknown}")
+                raise ValueError(f"the random baseline takes only {sorted(_RANDOM_OPTIONS)} (its seed is the pair seed), "
+                                 f"got {unknown}")
         else:
             get_method(name)
         table[label] = (name, params)

@@ -117,7 +117,7 @@ def build_head(objective: str, width: int = 16, out_dim: int | None = None, n_cl
     """The head whose output is the explained embedding, shaped like the paper's models (SPEC 7).
 
     simclr: 2-layer projector with BN (SimCLRv2 style); barlow-twins: 3-layer projector, no final BN;
-    simsiam: Sequential(projector (last BN without affine), predictor bottleneck); supervised: linear
+    simsiam: Sequential(projector d-D-D-D (last BN without affine), predictor D-D/4-D); supervised: linear
     classifier (logits).
     """
     d = feature_dim(width)
@@ -127,10 +127,14 @@ def build_head(objective: str, width: int = 16, out_dim: int | None = None, n_cl
         hidden = out_dim or 256
         return _mlp([d, hidden, hidden, hidden])
     if objective == "simsiam":
+        # The paper's shape: hidden = output width, predictor bottleneck = output / 4.
+        # Without out_dim the head stays at the backbone width d.
+        out = out_dim or d
+        bottleneck = out // 4
         return nn.Sequential(OrderedDict(
-            projector=_mlp([d, d, d, out_dim or d], last_bn="plain"),
-            predictor=nn.Sequential(nn.Linear(out_dim or d, d // 4, bias=False), nn.BatchNorm1d(d // 4),
-                                    nn.ReLU(inplace=True), nn.Linear(d // 4, out_dim or d)),
+            projector=_mlp([d, out, out, out], last_bn="plain"),
+            predictor=nn.Sequential(nn.Linear(out, bottleneck, bias=False), nn.BatchNorm1d(bottleneck),
+                                    nn.ReLU(inplace=True), nn.Linear(bottleneck, out)),
         ))
     if objective == "supervised":
         return nn.Linear(d, n_classes)
