@@ -12,6 +12,7 @@ TIMEOUT    ?= 1800
 NOTEBOOKS  := $(sort $(wildcard notebooks/[0-9][0-9]-*.ipynb))
 STEMS      := $(notdir $(basename $(NOTEBOOKS)))
 SOURCES    := $(shell find cl_explain -name '*.py' 2>/dev/null)
+MODELS     := data/models/manifest.json
 EXECUTED   := $(foreach s,$(STEMS),build/$(PROFILE)/$(s).ipynb)
 
 help: ## list the targets
@@ -34,8 +35,9 @@ figures: $(STAMP) $(EXECUTED) ## regenerate every figure and table (PROFILE=full
 # Figures are written to a staging folder and replace the profile's figure_dir (read from the params
 # file) only when the whole notebook succeeded: a failed run leaves neither an executed notebook nor
 # a half-updated figure folder. Each run's wall time is appended to build/<profile>/timings.txt.
+# The manifest is a prerequisite: `make models` changes it (hashes, quality numbers), so the figures follow.
 STAGING := build/$(PROFILE)/staging
-build/$(PROFILE)/%.ipynb: notebooks/%.ipynb params/$(PROFILE)/%.yaml $(SOURCES) | $(STAMP)
+build/$(PROFILE)/%.ipynb: notebooks/%.ipynb params/$(PROFILE)/%.yaml $(SOURCES) $(MODELS) | $(STAMP)
 	@mkdir -p $(dir $@) && rm -rf $(STAGING)/$*
 	@start=$$SECONDS; set -e; \
 	$(VENV)/bin/papermill -k python3 --cwd notebooks --execution-timeout $(TIMEOUT) --log-level WARNING \

@@ -186,7 +186,7 @@ def test_fixed_predictor_lr_keeps_only_the_simsiam_predictor_at_the_base_rate(ob
 
 
 @pytest.mark.parametrize("out_dim, widths", [
-    (None, [(64, 64), (64, 64), (64, 64), (64, 16), (16, 64)]),  # the committed head: everything at d = 64
+    (None, [(64, 64), (64, 64), (64, 64), (64, 16), (16, 64)]),  # without out_dim: everything at the backbone width d = 64
     (512, [(64, 512), (512, 512), (512, 512), (512, 128), (128, 512)]),  # the paper's shape, D = 512
 ])
 def test_simsiam_head_has_the_papers_shape_at_its_output_width(out_dim, widths):
