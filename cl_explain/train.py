@@ -16,6 +16,7 @@ import math
 import os
 import threading
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -171,8 +172,9 @@ class _ViewBanks:
     """The per-epoch view banks of one run: taken from the shared cache `banks`, else rendered by
     `workers` processes (0: in this process). With a single-threaded training the workers render the
     next missing banks while an epoch trains; with more training threads every missing bank is
-    rendered first, in parallel, because rendering beside a multi-threaded training slowed its steps
-    3.7x. `waited`: seconds the training spent waiting for banks."""
+    rendered first, in parallel, and the workers are shut down before training, because rendering
+    beside a multi-threaded training slowed its steps 3.7x. `waited`: seconds the training spent
+    waiting for banks."""
 
     def __init__(self, scenes: SceneSet, config: TrainConfig, banks: dict, last_epoch: int, workers: int,
                  log=print) -> None:
@@ -182,20 +184,22 @@ class _ViewBanks:
         self.scenes, self.config, self.banks, self.last_epoch = scenes, config, banks, last_epoch
         self.workers, self.waited, self.pending = workers, 0.0, {}
         self.pool = None
-        if workers and self._missing(0):
-            from concurrent.futures import ProcessPoolExecutor
+        missing = self._missing(0)
+        if workers and missing:
             from multiprocessing import get_context
             # spawn, not fork: a forked child of a process that has run OpenMP code can hang
             self.pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_view_worker,
                                             initargs=(scenes,))
-            self._request_after(0)
             if config.threads > 1:
-                log(f"rendering {len(self.pending)} view banks in {workers} processes before training "
+                log(f"rendering {len(missing)} view banks in {workers} processes before training "
                     f"(the {config.threads}-thread training would compete with them)")
                 started = time.perf_counter()
-                for key in list(self.pending):
-                    self.banks[key] = self.pending.pop(key).result()
+                futures = {key: self._render(key) for key in missing}
+                self.banks.update({key: future.result() for key, future in futures.items()})
                 self.waited += time.perf_counter() - started
+                self.close()  # nothing is left to render: free the workers before training
+            else:
+                self._request_after(0)
 
     def key(self, epoch: int) -> tuple:
         """Cache key of the bank that `epoch` trains on (banks cycle after `config.view_epochs`)."""
@@ -208,15 +212,16 @@ class _ViewBanks:
         keys = dict.fromkeys(self.key(e) for e in range(epoch + 1, self.last_epoch + 1))
         return [key for key in keys if key not in self.banks and key not in self.pending]
 
+    def _render(self, key: tuple) -> Future:
+        """Queue the bank `key` on the worker processes."""
+        return self.pool.submit(_worker_view_bank, self.config.size, self.config.seed, key[1])
+
     def _request_after(self, epoch: int) -> None:
-        """Keep the workers busy: queue missing banks after `epoch`'s, one per idle worker (all of them
-        when rendering comes first)."""
+        """Keep the workers busy while epochs train: queue missing banks after `epoch`'s, one per idle worker."""
         if self.pool is None:
             return
-        missing = self._missing(epoch)
-        room = len(missing) if self.config.threads > 1 else self.workers - len(self.pending)
-        for key in missing[:max(room, 0)]:
-            self.pending[key] = self.pool.submit(_worker_view_bank, self.config.size, self.config.seed, key[1])
+        for key in self._missing(epoch)[:self.workers - len(self.pending)]:
+            self.pending[key] = self._render(key)
 
     def get(self, epoch: int) -> torch.Tensor:
         started = time.perf_counter()

@@ -274,6 +274,8 @@ def test_view_worker_stops_when_the_training_process_is_killed():
 
 
 def test_multi_threaded_training_renders_every_bank_first_with_parallel_workers(tiny_scenes, monkeypatch):
+    from multiprocessing import active_children
+
     import cl_explain.train as train_module
 
     config = TrainConfig("simclr", epochs=4, batch_size=8, width=4, size=32, n_train=16, threads=2, view_epochs=3)
@@ -282,9 +284,10 @@ def test_multi_threaded_training_renders_every_bank_first_with_parallel_workers(
     monkeypatch.setattr(train_module, "view_bank", lambda *args, **kwargs: pytest.fail("rendered in the trainer"))
     messages = []
     a, info = train(config, tiny_scenes, banks=banks_workers, view_workers=2,
-                    log=lambda message: messages.append((message, len(banks_workers))))
+                    log=lambda message: messages.append((message, len(banks_workers), len(active_children()))))
     assert messages[0][0].startswith("rendering 3 view banks in 2 processes before training")
-    assert [n for _, n in messages[1:]] == [3, 3, 3, 3]  # all three distinct banks existed after epoch 1
+    assert [n for _, n, _ in messages[1:]] == [3, 3, 3, 3]  # all three distinct banks existed after epoch 1
+    assert [children for *_, children in messages[1:]] == [0, 0, 0, 0]  # the workers were shut down before epoch 1
     assert all(torch.equal(banks_workers[key], banks_here[key]) for key in banks_here)
     assert all(torch.equal(a.state_dict()[key], value) for key, value in b.state_dict().items())
     assert info["augment_seconds"] > 0
