@@ -58,6 +58,9 @@ models: $(STAMP) ## retrain the embedded models and rewrite data/models/manifest
 bench: $(STAMP) ## benchmark every method and metric; prints a table and writes build/bench.md
 	$(PY) scripts/benchmark.py --output build/bench.md
 
+check-kernels: $(STAMP) ## recompute quality numbers and ci tables under native and portable CPU kernels, compare
+	$(PY) scripts/check_cpu_kernels.py
+
 exercises: $(STAMP) ## regenerate the student copies of the classroom exercises
 	$(PY) -m cl_explain.exercises generate
 
@@ -67,4 +70,4 @@ lab: $(STAMP) ## open JupyterLab in the environment
 clean: ## remove executed notebooks and caches (keeps the environment and committed figures)
 	rm -rf build .cache .pytest_cache
 
-.PHONY: help env figures test models bench exercises lab clean
+.PHONY: help env figures test models bench check-kernels exercises lab clean

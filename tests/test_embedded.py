@@ -95,18 +95,17 @@ def test_ssl_models_far_above_random_init_and_chance(name):
 
 @pytest.fixture(scope="module")
 def recomputed_quality():
-    """name -> `train.evaluate` of the committed checkpoint on evaluation views rendered from scratch (not the
-    scene cache), with the thread count the manifest's numbers were computed with (TrainConfig.threads)."""
+    """name -> the quality numbers of the committed checkpoint recomputed by `train.recompute_quality`
+    (evaluation views rendered from scratch once, shared by every model)."""
     from cl_explain.data.scenes import load_split
-    from cl_explain.train import EvalData, evaluate
+    from cl_explain.train import EvalData, recompute_quality
 
     data = EvalData.build(load_split("train", cache=False), load_split("test", cache=False))
     computed: dict[str, dict[str, float]] = {}
 
     def quality(name: str) -> dict[str, float]:
         if name not in computed:
-            threads = MANIFEST["models"][name]["config"]["threads"]
-            computed[name] = evaluate(load_model(name), data, threads=threads)
+            computed[name] = recompute_quality([name], data=data)[name]
         return computed[name]
 
     return quality
@@ -115,8 +114,17 @@ def recomputed_quality():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MANIFEST["models"]))
 def test_every_quality_number_recomputes_from_the_checkpoint(name, recomputed_quality):
-    """kNN, linear probe and both pass rates of each committed model, recomputed, equal the manifest's."""
-    assert recomputed_quality(name) == pytest.approx(MANIFEST["models"][name]["quality"], abs=1e-4)
+    """kNN, linear probe and both pass rates of each committed model, recomputed, equal the manifest's
+    within what another CPU's kernels move them (`QUALITY_TOLERANCE`, a few test scenes; the manifest
+    rounds to 1e-4)."""
+    from cl_explain.train import QUALITY_TOLERANCE
+
+    stored = MANIFEST["models"][name]["quality"]
+    recomputed = recomputed_quality(name)
+    assert set(recomputed) == set(stored)
+    moved = {key: (recomputed[key], stored[key]) for key in stored
+             if abs(recomputed[key] - stored[key]) > QUALITY_TOLERANCE[key] + 1e-4}
+    assert not moved, f"{name}: (recomputed, manifest) beyond the cross-CPU tolerance: {moved}"
 
 
 @pytest.mark.slow
@@ -164,7 +172,7 @@ def check_scenes():
 @pytest.mark.parametrize("name", ["embedded-simclr", "embedded-barlow-twins", "embedded-simsiam"])
 def test_recomputed_knn_matches_the_manifest(name, check_scenes, manifest_threads):
     """Recompute the quick kNN check from freshly rendered scenes and compare with the manifest."""
-    from cl_explain.train import embed_scenes, knn_accuracy
+    from cl_explain.train import QUALITY_TOLERANCE, embed_scenes, knn_accuracy
 
     entry = MANIFEST["models"][name]
     model = load_model(name)
@@ -172,7 +180,7 @@ def test_recomputed_knn_matches_the_manifest(name, check_scenes, manifest_thread
     train_f, _ = embed_scenes(model, train, 64)
     test_f, _ = embed_scenes(model, test, 64)
     knn = knn_accuracy(train_f, train.labels, test_f, test.labels)
-    assert knn == pytest.approx(entry["quality"]["knn_top1_check"], abs=1e-4)
+    assert knn == pytest.approx(entry["quality"]["knn_top1_check"], abs=QUALITY_TOLERANCE["knn_top1_check"] + 1e-4)
     assert knn > entry["random_init_quality"]["knn_top1_check"]
 
 

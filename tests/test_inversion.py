@@ -67,7 +67,7 @@ def test_total_variation_and_feature_map_use_preprocessing():
         feature_map(model, image, "layer9")
 
 
-def test_inversion_update_is_sgd_with_clipping_and_decay():
+def test_paper_inversion_update_is_sgd_with_clipping_and_decay():
     model = staged_model()
     image = simple_image()
     x0 = invert_features(model, image, "layer1", iterations=0, seed=3)
@@ -82,7 +82,8 @@ def test_inversion_update_is_sgd_with_clipping_and_decay():
         loss = inversion_loss(feature_map(model, x, "layer1"), target, x)
         (grad,) = torch.autograd.grad(loss, x)
         x = (x.detach() - lr * grad).clamp(0, 1)
-    ours = invert_features(model, image, "layer1", iterations=2, lr=50.0, momentum=0.0, lr_decay_every=1, seed=3)
+    ours = invert_features(model, image, "layer1", iterations=2, optimizer="paper-sgd", lr=50.0, momentum=0.0,
+                           lr_decay_every=1, seed=3)
     torch.testing.assert_close(ours, x)
 
 
@@ -92,13 +93,13 @@ def test_inversion_lowers_loss_and_reproduces_features(depth):
     before = snapshot(model)
     image = simple_image()
     start = invert_features(model, image, depth, iterations=0)
-    short = invert_features(model, image, depth, iterations=5, lr=1.0)
-    long = invert_features(model, image, depth, iterations=40, lr=1.0)
+    short = invert_features(model, image, depth, iterations=5)
+    long = invert_features(model, image, depth, iterations=40)
     losses = [inversion_value(model, x, image, depth) for x in (start, short, long)]
     assert losses[2] < losses[1] < losses[0]
     assert relative_error(model, long, image, depth) < 0.5 * relative_error(model, start, image, depth)
     assert 0 <= float(long.min()) and float(long.max()) <= 1
-    assert torch.equal(short, invert_features(model, image, depth, iterations=5, lr=1.0))
+    assert torch.equal(short, invert_features(model, image, depth, iterations=5))
     assert_untouched(model, before)
 
 
@@ -107,7 +108,7 @@ def test_paper_schedule_converges():
     model = staged_model()
     image = simple_image()
     start = invert_features(model, image, "layer2", iterations=0)
-    paper = invert_features(model, image, "layer2", iterations=81, lr_decay_every=40)
+    paper = invert_features(model, image, "layer2", iterations=81, optimizer="paper-sgd", lr_decay_every=40)
     assert inversion_value(model, paper, image, "layer2") < 0.5 * inversion_value(model, start, image, "layer2")
 
 
@@ -119,7 +120,7 @@ def inversion_value(model, x, image, depth):
 def test_inversion_grid_layout_and_decay_per_model():
     models = {"supervised": staged_model(0), "ssl": staged_model(1)}
     image = simple_image()
-    options = {"iterations": 3, "lr": 30.0}
+    options = {"iterations": 3, "lr": 30.0, "optimizer": "paper-sgd"}
     grid = invert_features_grid(models, image, depths=("stem", "layer2"), lr_decay_every={"ssl": 1}, **options)
     assert list(grid) == ["stem", "layer2"] and list(grid["stem"]) == ["supervised", "ssl"]
     decayed = invert_features(models["ssl"], image, "layer2", lr_decay_every=1, **options)
@@ -128,6 +129,31 @@ def test_inversion_grid_layout_and_decay_per_model():
     torch.testing.assert_close(grid["stem"]["supervised"], invert_features(models["supervised"], image, "stem", **options))
     with pytest.raises(ValueError, match="unknown models"):
         invert_features_grid(models, image, lr_decay_every={"dino": 40})
+
+
+def test_default_inversion_is_adam_with_a_cosine_schedule():
+    """Two steps of the default optimiser equal Adam written out by hand (bias-corrected moments, cosine rate)."""
+    import math
+
+    model = staged_model()
+    image = simple_image()
+    with torch.no_grad():
+        target = feature_map(model, image, "layer1")
+    x = invert_features(model, image, "layer1", iterations=0, seed=3)
+    m, v, lr, steps = torch.zeros_like(x), torch.zeros_like(x), 0.05, 2
+    for t in range(1, steps + 1):
+        x.requires_grad_(True)
+        (grad,) = torch.autograd.grad(inversion_loss(feature_map(model, x, "layer1"), target, x), x)
+        m, v = 0.9 * m + 0.1 * grad, 0.999 * v + 0.001 * grad**2
+        rate = lr * (1 + math.cos(math.pi * (t - 1) / steps)) / 2
+        step = rate * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+        x = (x.detach() - step).clamp(0, 1)
+    ours = invert_features(model, image, "layer1", iterations=steps, seed=3)
+    torch.testing.assert_close(ours, x)
+    with pytest.raises(ValueError, match="paper-sgd"):
+        invert_features(model, image, "layer1", lr_decay_every=40)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        invert_features(model, image, "layer1", optimizer="lbfgs")
 
 
 def test_octave_sizes():

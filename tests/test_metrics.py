@@ -324,6 +324,23 @@ def test_pointing_games_on_hand_made_maps():
         pointing_game(m, torch.zeros(6, 6, dtype=torch.bool))
 
 
+def test_pointing_game_does_not_depend_on_float_rounding_between_near_equal_peaks():
+    """Two peaks 1e-6 of the range apart (what another CPU kernel changes) are tied; 1e-3 apart they are not."""
+    from cl_explain.metrics.grounding import PEAK_TOLERANCE
+
+    mask = torch.zeros(6, 6, dtype=torch.bool)
+    mask[0, 0] = True
+    m = torch.zeros(6, 6)
+    m[0, 0], m[5, 5] = 1.0, 1.0 + 1e-6  # the outside peak wins an exact argmax by rounding noise
+    flipped = m.clone()
+    flipped[5, 5] = 1.0 - 1e-6
+    assert pointing_game(m, mask) == pointing_game(flipped, mask) == 0.5
+    m[5, 5] = 1.0 + 10 * PEAK_TOLERANCE  # a real difference still decides
+    assert pointing_game(m, mask) == 0.0
+    m[5, 5] = 1.0 - 10 * PEAK_TOLERANCE
+    assert pointing_game(m, mask) == 1.0
+
+
 # ------------------------------------------------------------------------------ max-sensitivity
 
 
