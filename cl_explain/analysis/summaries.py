@@ -1,4 +1,4 @@
-"""Analyses across models on top of the tidy results of `cl_explain.evaluate` (SPEC section 6, items 7 and 8).
+"""Summaries across pairs and models: metric tables, correlation with accuracy, paired model comparisons.
 
 * `bootstrap_correlation`: correlation of explanation quality with downstream accuracy across models,
   with a two-level bootstrap (models resampled, and each model's pairs resampled) for its uncertainty
@@ -6,8 +6,8 @@
 * `correlation_table`: that correlation for every (method, metric) of a results table.
 * `paired_difference`: model A minus model B on the same pairs (e.g. supervised vs self-supervised),
   mean difference with a bootstrap interval over pairs.
-* `inversion_errors`: how closely feature inversions (SPEC M10) match, per depth and model.
-* `metric_tables`: the paper's metric table (SPEC 9 layout) per model, with bootstrap intervals.
+* `inversion_errors`: how closely feature inversions match the original image, per depth and model.
+* `metric_tables`: the paper's metric table (its rows and columns) per model, with bootstrap intervals.
 
 Every input frame is tidy: columns model, pair_id, method, metric, value (as `evaluate` returns,
 with a `model` column added by the caller).
@@ -21,7 +21,7 @@ import pandas as pd
 from scipy import stats
 
 if TYPE_CHECKING:
-    from .models.similarity import SimilarityModel
+    from ..models.similarity import SimilarityModel
 
 CORRELATIONS = ("spearman", "pearson")
 
@@ -152,7 +152,7 @@ def inversion_errors(models: Mapping[str, "SimilarityModel"], image, grid: Mappi
     """
     import torch
 
-    from .explainers.inversion import feature_map
+    from ..explainers.inversion import feature_map
 
     rows = []
     with torch.no_grad():
@@ -175,7 +175,7 @@ def metric_tables(results: pd.DataFrame, metrics: Sequence[str], n_boot: int = 1
     direction (e.g. "SD ↓") with cells "mean [low, high]" (bootstrap over pairs) or "NA"; `means` has
     the plain means with the metric names as columns. Rows are (model, method) in first-seen order.
     """
-    from .metrics import METRICS, summarise
+    from ..metrics import METRICS, summarise
 
     _check_columns(results, {"model", "method", "metric", "value"})
     plain = results[~results["metric"].str.contains(r"_[12]$", regex=True)]

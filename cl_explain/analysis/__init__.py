@@ -1,0 +1,25 @@
+"""Analyses on top of the tidy results of `cl_explain.evaluate` (columns model, pair_id, method, metric, value).
+
+* `summaries`: the paper's metric table with bootstrap intervals, correlation of explanation quality
+  with downstream accuracy across models, paired model comparisons, inversion errors.
+* `verdicts`: the orderings the study reports, each re-tested as paired differences over the same
+  pairs with a bootstrap interval and a verdict holds / fails / inconclusive.
+* `published`: the authors' published metric table, as data, and its comparison with ours.
+"""
+from .published import PUBLISHED, PUBLISHED_SOURCE, published_table, rank_agreement, side_by_side
+from .summaries import (
+    CORRELATIONS,
+    bootstrap_correlation,
+    correlation_table,
+    inversion_errors,
+    metric_tables,
+    paired_difference,
+    per_model_means,
+)
+from .verdicts import CLAIMS, Claim, Comparison, claim_verdicts, paired_verdict
+
+__all__ = [
+    "CORRELATIONS", "bootstrap_correlation", "correlation_table", "inversion_errors", "metric_tables",
+    "paired_difference", "per_model_means", "CLAIMS", "Claim", "Comparison", "claim_verdicts", "paired_verdict",
+    "PUBLISHED", "PUBLISHED_SOURCE", "published_table", "rank_agreement", "side_by_side",
+]

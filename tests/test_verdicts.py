@@ -1,0 +1,105 @@
+"""Paired verdicts of the study's orderings and the published table, on constructed data with known answers."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cl_explain.analysis import CLAIMS, PUBLISHED, claim_verdicts, paired_verdict, rank_agreement, side_by_side
+from cl_explain.analysis.published import PUBLISHED_METRICS, published_table
+from cl_explain.analysis.verdicts import combine
+
+
+def tidy(model: str, cells: dict[tuple[str, str], np.ndarray]) -> pd.DataFrame:
+    """Tidy results from {(method, metric): per-pair values}."""
+    rows = [{"model": model, "pair_id": i, "method": method, "metric": metric, "value": float(v)}
+            for (method, metric), values in cells.items() for i, v in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+def noise(n: int, seed: int, scale: float = 0.05) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, scale, n)
+
+
+def test_paired_verdict_reads_the_interval_not_the_mean():
+    assert paired_verdict(0.2 + noise(40, 0))["verdict"] == "holds"
+    assert paired_verdict(-0.2 + noise(40, 1))["verdict"] == "fails"
+    centred = noise(40, 2)
+    result = paired_verdict(centred - centred.mean() + 0.002)  # positive mean, interval across 0
+    assert result["difference"] > 0 and result["verdict"] == "inconclusive"
+    assert result["ci_low"] < 0 < result["ci_high"] and result["n"] == 40
+    with pytest.raises(ValueError, match="finite"):
+        paired_verdict([0.1, float("nan")])
+    with pytest.raises(ValueError, match="non-empty"):
+        paired_verdict([])
+
+
+def test_combined_verdict():
+    assert combine(["holds", "holds"]) == "holds"
+    assert combine(["holds", "inconclusive"]) == "inconclusive"
+    assert combine(["holds", "fails", "inconclusive"]) == "fails"
+    assert combine([]) == "not tested"
+
+
+def test_claim_verdicts_on_constructed_results():
+    n = 30
+    sd = "deletion_simultaneous"
+    better = tidy("better", {("gradcam", sd): 0.5 + noise(n, 0), ("interaction_cam", sd): 0.3 + noise(n, 1)})
+    worse = tidy("worse", {("gradcam", sd): 0.3 + noise(n, 2), ("interaction_cam", sd): 0.5 + noise(n, 3)})
+    same = np.full(n, 0.4) + noise(n, 4)
+    tie = tidy("tie", {("gradcam", sd): same, ("interaction_cam", sd): same[::-1].copy()})
+    claims, comparisons = claim_verdicts(pd.concat([better, worse, tie]), claims=[CLAIMS[0]], n_boot=500,
+                                         published=PUBLISHED)
+    assert dict(zip(claims.model, claims.verdict)) == {"better": "holds", "worse": "fails", "tie": "inconclusive"}
+    assert (claims.comparisons == 1).all() and (claims.untested == 0).all()
+    # The study's own outcome from its point values: IntCAM mean SD .719 < Grad-CAM .736, and .475 < .498.
+    assert set(comparisons["published simclr-v2-r50-2x"]) == {"holds"}
+    assert set(comparisons["published barlow-twins-r50"]) == {"holds"}
+    row = comparisons[comparisons.model == "better"].iloc[0]
+    assert row.difference == pytest.approx(0.2, abs=0.05) and row.ci_low > 0
+
+
+def test_claims_expand_over_the_methods_present():
+    n, si, sd = 20, "insertion_simultaneous", "deletion_simultaneous"
+    cells = {("gradcam", si): 0.6 + noise(n, 0), ("gradcam", sd): 0.2 + noise(n, 1),
+             ("input_x_gradient", si): 0.8 + noise(n, 2), ("input_x_gradient", sd): 0.3 + noise(n, 3),
+             ("random", si): 0.5 + noise(n, 4), ("random", sd): 0.25 + noise(n, 5)}
+    claims, comparisons = claim_verdicts(tidy("m", cells), n_boot=300)
+    verdict = dict(zip(claims.claim, claims.verdict))
+    assert verdict["2a"] == "holds"  # IxG SI 0.8 > Grad-CAM 0.6
+    assert verdict["5a"] == "holds" and verdict["5b"] == "holds"
+    assert verdict["5c"] == "fails"  # random SD 0.25 is below IxG's 0.3
+    assert verdict["3a"] == "not tested" and verdict["2b"] == "not tested"  # no guided rows, no CAD scored
+    assert set(comparisons[comparisons.claim == "5c"].comparison) == {
+        "deletion_simultaneous: random > gradcam", "deletion_simultaneous: random > input_x_gradient"}
+    untested = dict(zip(claims.claim, claims.untested))
+    assert untested["2b"] == 1  # IxG vs Grad-CAM on CAD: neither cell was scored
+
+
+def test_published_table_is_the_studys_table():
+    assert set(PUBLISHED) == {"simclr-v2-r50-2x", "barlow-twins-r50"}
+    for rows in PUBLISHED.values():
+        assert len(rows) == 16 and all(len(v) == len(PUBLISHED_METRICS) for v in rows.values())
+    assert PUBLISHED["simclr-v2-r50-2x"]["input_x_gradient"]["average_drop_conditional"] == 0.940
+    assert PUBLISHED["barlow-twins-r50"]["gradcam"]["max_sensitivity"] == 143.50
+    assert PUBLISHED["barlow-twins-r50"]["pixel_invariance"]["insertion_simultaneous"] is None
+    table = published_table("simclr-v2-r50-2x")
+    assert table.loc["pairwise_occlusion", "deletion_simultaneous"] == table["deletion_simultaneous"].min()
+    with pytest.raises(ValueError, match="available"):
+        published_table("simclr-v1")
+
+
+def test_rank_agreement_is_one_for_the_published_order_and_minus_one_reversed():
+    reference = published_table("barlow-twins-r50")["insertion_simultaneous"].dropna()
+    methods = list(reference.index[:6])
+    n = 15
+    same = {(m, "insertion_simultaneous"): reference[m] + noise(n, i, 1e-4) for i, m in enumerate(methods)}
+    flipped = {(m, "insertion_simultaneous"): -reference[m] + noise(n, i, 1e-4) for i, m in enumerate(methods)}
+    results = pd.concat([tidy("same", same), tidy("flipped", flipped)])
+    table = rank_agreement(results, "barlow-twins-r50", n_boot=200).set_index("model")
+    assert table.loc["same", "spearman"] == pytest.approx(1.0) and table.loc["same", "ci_low"] == pytest.approx(1.0)
+    assert table.loc["flipped", "spearman"] == pytest.approx(-1.0)
+    assert (table.methods == 6).all() and (table.pairs == n).all()
+    means = pd.DataFrame([{"model": "same", "method": m, "insertion_simultaneous": float(reference[m])} for m in methods])
+    side = side_by_side(means)
+    assert len(side) == 6 and (side.ours == side["barlow-twins-r50"]).all()
