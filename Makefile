@@ -61,10 +61,14 @@ bench: $(STAMP) ## benchmark every method and metric; prints a table and writes 
 exercises: $(STAMP) ## regenerate the student copies of the classroom exercises
 	$(PY) -m cl_explain.exercises generate
 
+tidy: $(STAMP) ## store the notebooks as JupyterLab writes them (kernel metadata, no outputs), then the student copies
+	$(PY) -m cl_explain.notebook_files tidy
+	$(PY) -m cl_explain.exercises generate
+
 lab: $(STAMP) ## open JupyterLab in the environment
 	$(VENV)/bin/jupyter lab notebooks
 
 clean: ## remove executed notebooks and caches (keeps the environment and committed figures)
 	rm -rf build .cache .pytest_cache
 
-.PHONY: help env figures test models bench exercises lab clean
+.PHONY: help env figures test models bench exercises tidy lab clean
