@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import os
+import textwrap
 import time
 from dataclasses import replace
 from typing import Any, Callable, Mapping
@@ -153,9 +154,8 @@ def render_pair(
     explanation = explain(model, x1, x2 if pairwise else None, method, **params)
     similarity = model.score(x1, x2)
     shown = ", ".join(f"{k}={v}" for k, v in params.items())
-    heading = title or (f"{model.name} | {method}{f' ({shown})' if shown else ''}\n"
-                        f"S(x1, x2) = {similarity:.3f}"
-                        + ("" if pairwise else " | explains x1 alone"))
+    heading = title or (textwrap.fill(f"{model.name} | {method}{f' ({shown})' if shown else ''}", 64)
+                        + f"\nS(x1, x2) = {similarity:.3f}" + ("" if pairwise else " | explains x1 alone"))
     # A single-image method's second map (if any) belongs to its own transformed copy, not to x2.
     shown_explanation = explanation if pairwise else replace(explanation, map2=None)
     return pair_figure(x1, x2, shown_explanation, title=heading), explanation
@@ -227,6 +227,7 @@ class PairExplorer:
             w.HBox([self.model_box, self.method_box, self.status], layout=w.Layout(align_items="center")),
             self.params_box, self.call, self.output,
         ])
+        self.widget.add_class("cle-explorer")
         self._rebuild_params()
         for control in (self.image_box, self.seed_box, self.model_box):
             control.observe(self.refresh, names="value")
@@ -251,6 +252,7 @@ class PairExplorer:
         self.param_widgets = {}
         for name, value in initial_params(method, side, self.overrides.get(method)).items():
             control = _control(name, value, spec.choices.get(name))
+            control.add_class(f"cle-param-{name}")
             control.observe(self.refresh, names="value")
             self.param_widgets[name] = control
         self.params_box.children = tuple(self.param_widgets.values())
