@@ -161,11 +161,18 @@ def render_pair(
     return pair_figure(x1, x2, shown_explanation, title=heading), explanation
 
 
+def _described(name: str, help_text: str) -> dict[str, Any]:
+    """Label and hover text of a control. The text is also put on the label itself, because ipywidgets 8
+    shows `tooltip` on a dropdown, checkbox or text box only when it has no description."""
+    return {"description": f'<span title="{html.escape(help_text)}">{html.escape(name)}</span>',
+            "description_allow_html": True, "tooltip": help_text, "style": {"description_width": "initial"}}
+
+
 def _control(name: str, value: Any, choices: tuple | None):
-    """An ipywidgets control for one method parameter, with its tooltip; sized to wrap in a row."""
+    """An ipywidgets control for one method parameter, with its hover text; sized to wrap in a row."""
     import ipywidgets as w
 
-    common = {"description": name, "tooltip": PARAM_HELP.get(name, name), "style": {"description_width": "initial"}}
+    common = _described(name, PARAM_HELP.get(name, name))
     if choices:
         return w.Dropdown(options=list(choices), value=value, layout=w.Layout(width="210px"), **common)
     if isinstance(value, bool):
@@ -200,10 +207,8 @@ class PairExplorer:
         self.loaded: dict[str, SimilarityModel] = {}
         self.last = None
         self.param_widgets: dict[str, Any] = {}
-        style = {"description_width": "initial"}
-
         def tip(name: str) -> dict[str, Any]:
-            return {"description": name, "tooltip": CONTROL_HELP[name], "style": style}
+            return _described(name, CONTROL_HELP[name])
 
         self.image_box = w.Dropdown(options=list(self.images), layout=w.Layout(width="300px"), **tip("image"))
         self.path_box = w.Text(value="", placeholder="or type a path to an image file + Enter", continuous_update=False,

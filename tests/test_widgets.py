@@ -1,6 +1,8 @@
 """The pair explorer: its pure functions (starting parameters, strength view, render) and the widget, without a kernel."""
 from __future__ import annotations
 
+import html
+
 import matplotlib.pyplot as plt
 import pytest
 import torch
@@ -127,7 +129,7 @@ def test_explorer_opens_on_the_given_method_with_explains_parameters(model, imag
 
 def test_explorer_parameters_follow_the_method_and_the_size(model, image):
     app = _explorer(model, image, method="gradcam")
-    assert [w.description for w in app.params_box.children] == ["weighting"]
+    assert list(app.param_widgets) == ["weighting"] and app.params_box.children == (app.param_widgets["weighting"],)
     app.method_box.value = "occlusion"
     assert app.params() == initial_params("occlusion", SIZE)
     app.param_widgets["window"].value = 3
@@ -142,7 +144,7 @@ def test_every_explorer_control_has_help(model, image):
     app = _explorer(model, image, method="interaction_cam")
     controls = [app.image_box, app.path_box, app.seed_box, app.strength_box, app.size_box, app.model_box,
                 app.method_box, *app.params_box.children]
-    assert all(c.tooltip and c.tooltip != c.description for c in controls)
+    assert all(c.tooltip and f'title="{html.escape(c.tooltip)}"' in c.description for c in controls)
     assert set(CONTROL_HELP) == {"image", "path", "seed", "strength", "size", "model", "method"}
     assert all(c.layout.width for c in app.params_box.children) and app.params_box.layout.flex_flow == "row wrap"
     plt.close("all")
