@@ -105,3 +105,22 @@ def test_every_stored_notebook_is_in_lab_form():
     student = sorted((repo_root() / "notebooks" / "exercises" / "student").glob("*.ipynb"))
     stale = untidy(stored_notebooks() + student)
     assert stale == [], f"JupyterLab would mark {[p.name for p in stale]} modified on opening: run `make tidy exercises`"
+
+
+@pytest.mark.slow
+def test_a_real_kernel_gets_an_image_output_even_with_the_agg_backend(tmp_path, monkeypatch):
+    """MPLBACKEND=Agg stops the inline backend from sending figures; show_and_save sends the PNG itself."""
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import matplotlib.pyplot as plt\n"
+        "from cl_explain.notebook import show_and_save\n"
+        "fig, ax = plt.subplots()\n"
+        "ax.plot([0, 1])\n"
+        f"show_and_save(fig, {str(tmp_path / 'f.png')!r})"
+    )])
+    NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = nb.cells[0].outputs
+    assert [o.output_type for o in outputs] == ["display_data"], outputs
+    assert "image/png" in outputs[0].data and (tmp_path / "f.png").is_file()
