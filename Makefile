@@ -47,7 +47,17 @@ build/$(PROFILE)/%.ipynb: notebooks/%.ipynb params/$(PROFILE)/%.yaml $(SOURCES) 
 	mv $(basename $@).partial.ipynb $@; \
 	echo "$* $$((SECONDS - start)) s" | tee -a build/$(PROFILE)/timings.txt
 
-test: $(STAMP) ## run unit tests, notebook tests (nbval) and the papermill CI-profile smoke run
+# The browser test (tests/test_browser.py) needs Debian's chromium and chromium-driver; installed here when
+# missing and the user is root (as in CI), else the test skips and says why.
+browser: ## install headless Chromium and its driver for the browser test (Debian packages, needs root)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium and chromium-driver (apt-get)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+		|| echo "could not install chromium and chromium-driver: the browser test will be skipped"; \
+	else echo "chromium or chromedriver missing and not root: the browser test will be skipped"; fi
+
+test: $(STAMP) browser ## run unit tests (with the JupyterLab browser test), notebook tests (nbval) and the papermill CI-profile smoke run
 	$(PY) -m pytest -q tests
 	$(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		-p no:cacheprovider notebooks/[0-9][0-9]-*.ipynb
@@ -64,10 +74,14 @@ check-kernels: $(STAMP) ## recompute quality numbers and ci tables under native 
 exercises: $(STAMP) ## regenerate the student copies of the classroom exercises
 	$(PY) -m cl_explain.exercises generate
 
+tidy: $(STAMP) ## store the notebooks as JupyterLab writes them (kernel metadata, no outputs), then the student copies
+	$(PY) -m cl_explain.notebook_files tidy
+	$(PY) -m cl_explain.exercises generate
+
 lab: $(STAMP) ## open JupyterLab in the environment
 	$(VENV)/bin/jupyter lab notebooks
 
 clean: ## remove executed notebooks and caches (keeps the environment and committed figures)
 	rm -rf build .cache .pytest_cache
 
-.PHONY: help env figures test models bench check-kernels exercises lab clean
+.PHONY: help env browser figures test models bench check-kernels exercises tidy lab clean

@@ -1,8 +1,8 @@
 """Notebook plumbing: one setup call, atomic tables, pairs from the embedded scenes or a folder, findings text.
 
-Notebooks stay thin: they call `setup(seed, figure_dir)` once, get their pairs from `load_pairs`, save
-figures with `cl_explain.utils.save_figure` and tables with `save_table`, and close with a `findings`
-cell whose Markdown is rendered from computed numbers.
+Notebooks stay thin: they call `setup(seed, figure_dir)` once, get their pairs from `load_pairs`, show
+and save every figure with `show_and_save` and every table with `save_table`, and close with a
+`findings` cell whose Markdown is rendered from computed numbers.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 
 from .data import Pair, load_image, make_pair
 from .explainers import PairExplanation
-from .utils import seed_everything, write_text_atomic
+from .utils import figure_bytes, seed_everything, write_bytes_atomic, write_text_atomic
 
 #: Image file suffixes read from a user's `image_folder`.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -34,6 +34,39 @@ def setup(seed: int, figure_dir: str | os.PathLike, dpi: int = 100) -> Path:
     folder = Path(figure_dir).expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def in_kernel() -> bool:
+    """Whether this code runs in a Jupyter kernel (a notebook, papermill, nbval), where output can show images."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return getattr(get_ipython(), "kernel", None) is not None
+
+
+def show_and_save(fig, path: str | os.PathLike | None = None, dpi: int = 120) -> None:
+    """Show `fig` inline where it is made and save it to `path` (None: show only), then close it.
+
+    The image shown is the PNG written to `path` (deterministic bytes, written atomically), so the
+    reader sees exactly what the figure folder holds. It is sent as an image/png output whatever the
+    matplotlib backend is; outside a kernel nothing is shown. Returns None, so a cell ending with this
+    call prints no `<Figure ...>` text.
+    """
+    import matplotlib.pyplot as plt
+
+    try:
+        png = figure_bytes(fig, "png", dpi)
+        if path is not None:
+            path = Path(path)
+            suffix = path.suffix.lstrip(".").lower() or "png"
+            write_bytes_atomic(path, png if suffix == "png" else figure_bytes(fig, suffix, dpi))
+        if in_kernel():
+            from IPython.display import Image, display
+
+            display(Image(data=png, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def _format_cell(value, digits: int) -> str:

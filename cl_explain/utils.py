@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import os
 import random
 from pathlib import Path
@@ -80,16 +81,25 @@ def scale_batch(pairs: int, side: int, maximum: int = 64) -> int:
     return max(1, min(maximum, int(round(pairs * (PAPER_SIDE / side) ** 2))))
 
 
+def figure_bytes(fig, fmt: str = "png", dpi: int = 120) -> bytes:
+    """`fig` rendered as `fmt` bytes, deterministically (no software/date metadata: same figure, same bytes)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, format=fmt, metadata={"Software": None})
+    return buffer.getvalue()
+
+
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
-    """Save a matplotlib figure deterministically (no software/date metadata), atomically; returns None."""
+    """Save a matplotlib figure deterministically and atomically, then close it; returns None.
+
+    Notebooks use `cl_explain.notebook.show_and_save`, which also shows the figure inline.
+    """
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    fig.savefig(partial, dpi=dpi, format=path.suffix.lstrip(".") or "png", metadata={"Software": None})
-    os.replace(partial, path)
-    plt.close(fig)
+    try:
+        write_bytes_atomic(path, figure_bytes(fig, path.suffix.lstrip(".") or "png", dpi))
+    finally:
+        plt.close(fig)
 
 
 @functools.lru_cache(maxsize=4)
@@ -106,13 +116,18 @@ def source_digest(package: Path | None = None) -> str:
     return digest.hexdigest()[:16]
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a text file through a temporary file so a failure never leaves half a file."""
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file through a temporary file so a failure never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
+    partial.write_bytes(data)
     os.replace(partial, path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a UTF-8 text file atomically (see `write_bytes_atomic`)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def default_device() -> torch.device:

@@ -1,4 +1,4 @@
-"""Figure builders: they return matplotlib figures and never show or save (notebooks save via utils.save_figure)."""
+"""Figure builders: they return matplotlib figures and never show or save (notebooks use notebook.show_and_save)."""
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -6,6 +6,8 @@ from typing import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from .explainers.base import PairExplanation, resize_map
@@ -43,10 +45,23 @@ def overlay(ax, image: torch.Tensor, saliency: torch.Tensor | None = None, alpha
     ax.set_axis_off()
 
 
+def saliency_colorbar(fig: Figure, axes, shrink: float = 0.8, anchor: tuple[float, float] = (0.0, 0.5)) -> None:
+    """One colour bar right of `axes` (an Axes or a list/array of them) for the overlays' saliency colours.
+
+    Every overlay is min-max scaled on its own, so the bar reads "low" to "high" within each map,
+    not as values comparable across maps. `shrink` is its length as a share of the axes' height,
+    `anchor` where it sits ((0, 0): at the bottom). Needs a figure with layout="constrained".
+    """
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), SALIENCY_CMAP), ax=np.asarray(axes).ravel().tolist(),
+                       shrink=shrink, anchor=anchor, panchor=False, aspect=12 / shrink, pad=0.02)
+    bar.set_ticks([0, 1], labels=["low", "high"], fontsize=7)
+    bar.set_label("saliency (each map scaled\nto its own range)", fontsize=7)
+
+
 def pair_figure(x1: torch.Tensor, x2: torch.Tensor, explanation: PairExplanation, title: str | None = None,
                 masks: Sequence[torch.Tensor | None] = (None, None)) -> Figure:
     """The two views and their maps (2 x 2), titled with the similarity."""
-    fig, axes = plt.subplots(2, 2, figsize=(5, 5))
+    fig, axes = plt.subplots(2, 2, figsize=(5.6, 5), layout="constrained")
     overlay(axes[0, 0], x1, title="x1", mask=masks[0])
     overlay(axes[0, 1], x2, title="x2", mask=masks[1])
     overlay(axes[1, 0], x1, explanation.map1, title=f"{explanation.method}: map 1")
@@ -54,8 +69,8 @@ def pair_figure(x1: torch.Tensor, x2: torch.Tensor, explanation: PairExplanation
         overlay(axes[1, 1], x2, explanation.map2, title=f"{explanation.method}: map 2")
     else:
         axes[1, 1].set_axis_off()
+    saliency_colorbar(fig, axes, shrink=0.45, anchor=(0.0, 0.04))  # beside the maps (bottom row)
     fig.suptitle(title or f"S(x1, x2) = {explanation.similarity:.3f}", fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -63,7 +78,7 @@ def method_grid(x1: torch.Tensor, x2: torch.Tensor, explanations: Mapping[str, P
                 title: str | None = None) -> Figure:
     """Rows = the two images, columns = the images then one column per method."""
     n = len(explanations) + 1
-    fig, axes = plt.subplots(2, n, figsize=(1.7 * n, 3.6), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(1.7 * n + 0.6, 3.6), squeeze=False, layout="constrained")
     overlay(axes[0, 0], x1, title="x1")
     overlay(axes[1, 0], x2, title="x2")
     for col, (label, exp) in enumerate(explanations.items(), start=1):
@@ -72,9 +87,10 @@ def method_grid(x1: torch.Tensor, x2: torch.Tensor, explanations: Mapping[str, P
             overlay(axes[1, col], x2, exp.map2)
         else:
             axes[1, col].set_axis_off()
+    if n > 1:
+        saliency_colorbar(fig, axes[:, 1:])
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 

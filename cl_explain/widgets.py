@@ -1,43 +1,91 @@
 """The interactive pair explorer (SPEC section 6, item 10).
 
-`render_pair` is a pure function (inputs -> matplotlib figure; nothing displayed, nothing cached) that
-builds the pair, explains it and draws both views, both maps and the similarity. `explorer` wires
-ipywidgets controls to it; exceptions inside the callback are shown in the output area (ipywidgets
-would otherwise swallow them). Notebooks follow the widget cell with a static call of `render_pair`.
+The logic is in pure functions tested without a kernel: `initial_params` (the parameter values
+`explain` would use at an image side, which the explorer starts from), `strength_view` (the
+augmented view at a given strength) and `render_pair` (inputs -> matplotlib figure and explanation;
+nothing displayed, nothing cached). `PairExplorer` only wires ipywidgets controls to them; an
+exception inside a callback is shown in the widget (ipywidgets would otherwise swallow it).
+Notebooks follow the widget cell with a static call of `render_pair`.
 """
 from __future__ import annotations
 
+import html
 import os
+import textwrap
+import time
 from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from .data.transforms import SIMCLR_RECIPE, _coin, as_batch, photometric, pure_view, sample_crop
+from .data.transforms import (
+    SIMCLR_RECIPE, _coin, as_batch, photometric, pure_crop_box, pure_view, sample_crop,
+)
 from .explainers import explain, get_method, list_methods
+from .explainers.base import resolve_params
 from .models.similarity import SimilarityModel
 
 #: Parameters every method has that the explorer does not expose (they do not change the map's meaning).
 HIDDEN_PARAMS = ("batch_size", "precision", "blur")
 
+#: Tooltip of each method parameter the explorer shows (names are those of `explain`).
+PARAM_HELP = {
+    "window": "side in pixels of the square hidden at each position",
+    "stride": "step in pixels between two window positions (smaller: finer map, slower)",
+    "weighting": "elementwise: sum over channels of F * ReLU(G) (paper); channel: Grad-CAM's channel weights",
+    "reduction": "how each feature map is pooled into the shared channel weights: mean, max or attention",
+    "grad_interaction": "use the interaction of the two images' gradients (IntGradMax) instead of each gradient",
+    "guided": "guided backpropagation: only positive gradients pass back through ReLUs",
+    "samples": "noisy copies (SmoothGrad) or augmented copies (Pixel Invariance) averaged; more is smoother and slower",
+    "noise_rule": "noise level: paper = 0.15 / (max - min), canonical = 0.15 * (max - min) of x1's values",
+    "seed": "seeds this method's own random draws",
+    "transform": "augmentation family T: the map averages gradients along the path from x1 to T(x1)",
+    "step": "spacing of that path (0.1: ten images)",
+    "noise": "add SmoothGrad noise to the images on the path",
+    "nmf": "fit the surrogate to NMF components of the embeddings instead of the similarity",
+    "epochs": "training epochs of the linear surrogate",
+    "lr": "learning rate of the linear surrogate",
+    "l1": "L1 penalty on the surrogate's weights (higher: sparser map)",
+    "surrogate_side": "side in pixels of the images the linear surrogate sees (the map's resolution)",
+    "nmf_components": "number of NMF components (with nmf on)",
+    "erasures": "number of random rectangle pairs erased",
+}
+
+#: Tooltip of each of the explorer's own controls.
+CONTROL_HELP = {
+    "image": "the image both views are made from",
+    "path": "type a path to an image file and press Enter: it is added to the image list and selected",
+    "seed": "seeds the random augmentation of x2 (no effect at strength 0)",
+    "strength": "0: x2 is x1's plain view itself; 1: the SimCLR augmentation recipe; in between, x2's crop "
+                "moves from x1's region toward a random crop and the colour changes grow",
+    "size": "side in pixels of both views; parameters measured in pixels restart at explain's defaults for it",
+    "model": "the model whose similarity S(x1, x2) is explained",
+    "method": "the explanation method (hover over its parameters for help)",
+}
+
 
 def strength_view(image: torch.Tensor, size: int, seed: int, strength: float = 1.0) -> torch.Tensor:
-    """The SimCLR augmented view with every knob scaled by `strength` in [0, 1].
+    """The augmented view x2 at `strength` in [0, 1], seeded.
 
-    strength 1 is the recipe of SPEC section 2 (the same draws as `simclr_view` for the same seed);
-    strength 0 keeps the whole image (resized to size x size) unflipped and unjittered. In between,
-    the smallest crop area is 1 - strength * 0.92, jitter factors and the flip, grayscale and blur
-    probabilities are multiplied by `strength`.
+    strength 0 is x1's pure view itself (`pure_view`; the seed has no effect); strength 1 is the
+    SimCLR recipe of SPEC section 2 (the same draws as `simclr_view` for the same seed). In between,
+    the crop box moves linearly from the pure view's region to the sampled SimCLR crop, and the
+    jitter factors and the flip, jitter, grayscale and blur probabilities are multiplied by `strength`.
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
     image = as_batch(image)
+    if strength == 0:
+        return pure_view(image, size)[0]
     recipe = SIMCLR_RECIPE
     generator = torch.Generator().manual_seed(int(seed))
-    low = 1 - strength * (1 - recipe["crop_scale"][0])
-    crop = sample_crop(image.shape[-2], image.shape[-1], generator, (low, 1.0), recipe["crop_ratio"])
-    view = TF.resized_crop(image, *crop, [size, size], antialias=True).clamp(0, 1)
+    height, width = image.shape[-2:]
+    sampled = sample_crop(height, width, generator, recipe["crop_scale"], recipe["crop_ratio"])
+    top, left, box_h, box_w = (int(round(p + strength * (s - p)))
+                               for p, s in zip(pure_crop_box(height, width, size), sampled))
+    box_h, box_w = max(1, min(box_h, height - top)), max(1, min(box_w, width - left))
+    view = TF.resized_crop(image, top, left, box_h, box_w, [size, size], antialias=True).clamp(0, 1)
     if _coin(generator, recipe["flip_p"] * strength):
         view = view.flip(-1)
     jitter = tuple(strength * v for v in recipe["jitter"])
@@ -58,10 +106,27 @@ def demo_images(size: int = 64, n_scenes: int = 3, photos: bool = True) -> dict[
     return images
 
 
-def method_controls(method: str) -> dict[str, Any]:
-    """The explorer's parameters of `method` with their defaults (common knobs left out)."""
+def initial_params(method: str, side: int, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The explorer's starting parameter values of `method` for views of `side` pixels.
+
+    These are the values `explain` uses for an image of that side when it is given no parameters
+    (defaults stated at 224 px are scaled), with `overrides` on top. Left out: the common knobs
+    (batch size, precision, display blur) and values no control can hold (None = "the paper's
+    value", tuples); `explain` then uses its own default for them.
+    """
     spec = get_method(method)
-    return {k: v for k, v in spec.defaults.items() if k not in HIDDEN_PARAMS}
+    overrides = dict(overrides or {})
+    resolved = resolve_params(spec, side, overrides)
+    return {name: value for name, value in resolved.items()
+            if (name in spec.defaults or name in overrides) and name not in HIDDEN_PARAMS
+            and isinstance(value, (bool, int, float, str))}
+
+
+def explain_call(method: str, params: Mapping[str, Any]) -> str:
+    """The `explain` call that computes the same map, as a reader would type it."""
+    images = "x1, x2" if get_method(method).needs_pair else "x1"
+    shown = "".join(f", {k}={v!r}" for k, v in params.items())
+    return f"cle.explain(model, {images}, method={method!r}{shown})"
 
 
 def render_pair(
@@ -89,103 +154,178 @@ def render_pair(
     explanation = explain(model, x1, x2 if pairwise else None, method, **params)
     similarity = model.score(x1, x2)
     shown = ", ".join(f"{k}={v}" for k, v in params.items())
-    heading = title or (f"{model.name} | {method}{f' ({shown})' if shown else ''}\n"
-                        f"S(x1, x2) = {similarity:.3f}"
-                        + ("" if pairwise else " | explains x1 alone"))
+    heading = title or (textwrap.fill(f"{model.name} | {method}{f' ({shown})' if shown else ''}", 64)
+                        + f"\nS(x1, x2) = {similarity:.3f}" + ("" if pairwise else " | explains x1 alone"))
     # A single-image method's second map (if any) belongs to its own transformed copy, not to x2.
     shown_explanation = explanation if pairwise else replace(explanation, map2=None)
     return pair_figure(x1, x2, shown_explanation, title=heading), explanation
 
 
-def _widget_for(name: str, default: Any, choices: tuple | None):
+def _described(name: str, help_text: str) -> dict[str, Any]:
+    """Label and hover text of a control. The text is also put on the label itself, because ipywidgets 8
+    shows `tooltip` on a dropdown, checkbox or text box only when it has no description."""
+    return {"description": f'<span title="{html.escape(help_text)}">{html.escape(name)}</span>',
+            "description_allow_html": True, "tooltip": help_text, "style": {"description_width": "initial"}}
+
+
+def _control(name: str, value: Any, choices: tuple | None):
+    """An ipywidgets control for one method parameter, with its hover text; sized to wrap in a row."""
     import ipywidgets as w
 
-    style = {"description_width": "initial"}
+    common = _described(name, PARAM_HELP.get(name, name))
     if choices:
-        return w.Dropdown(options=list(choices), value=default, description=name, style=style)
-    if isinstance(default, bool):
-        return w.Checkbox(value=default, description=name, style=style)
-    if isinstance(default, int):
-        return w.IntText(value=default, description=name, style=style)
-    if isinstance(default, float):
-        return w.FloatText(value=default, description=name, style=style)
-    return None  # e.g. None defaults ("use the paper value"): not exposed
+        return w.Dropdown(options=list(choices), value=value, layout=w.Layout(width="210px"), **common)
+    if isinstance(value, bool):
+        return w.Checkbox(value=value, indent=False, layout=w.Layout(width="auto", margin="2px 18px 2px 0"), **common)
+    if isinstance(value, int):
+        return w.IntText(value=value, layout=w.Layout(width="170px"), **common)
+    return w.FloatText(value=value, layout=w.Layout(width="170px"), **common)
 
 
-def explorer(
-    images: Mapping[str, torch.Tensor],
-    models: Mapping[str, Callable[[], SimilarityModel]],
-    methods: list[str] | None = None,
-    size: int = 64,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
-):
-    """An ipywidgets explorer: image (named choices or a file path), seed, strength, model, method, params.
+class PairExplorer:
+    """ipywidgets controls (image or file, seed, strength, side, model, method, its parameters) and the map.
 
-    `models` maps names to zero-argument loaders (called once, then cached). `overrides` sets starting
-    values of method parameters (e.g. fewer samples for a fast first render). Every change re-renders
-    through `render_pair`; an error is printed in the output area instead of being swallowed.
+    `models` maps names to zero-argument loaders (each called once, then cached). `overrides`
+    (method -> {parameter: value}) changes starting values, e.g. fewer samples for a fast first
+    render. Every change re-renders through `render_pair` while a status line says "computing";
+    errors are shown in the widget. `widget` is the ipywidgets box (the object also displays itself),
+    `last` the most recent explanation.
     """
-    import ipywidgets as w
-    import matplotlib.pyplot as plt
-    from IPython.display import display
 
-    from .data import load_image
+    def __init__(self, images: Mapping[str, torch.Tensor], models: Mapping[str, Callable[[], SimilarityModel]],
+                 methods: list[str] | None = None, size: int = 64, method: str = "interaction_cam",
+                 overrides: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        import ipywidgets as w
 
-    if not images or not models:
-        raise ValueError("explorer needs at least one image and one model")
-    methods = list(methods or list_methods())
-    overrides = {k: dict(v) for k, v in (overrides or {}).items()}
-    loaded: dict[str, SimilarityModel] = {}
-    style = {"description_width": "initial"}
-    image_box = w.Dropdown(options=list(images), description="image", style=style)
-    path_box = w.Text(value="", placeholder="or a path to an image file", description="path", style=style,
-                      continuous_update=False)
-    seed_box = w.IntSlider(value=0, min=0, max=99, description="augmentation seed", style=style)
-    strength_box = w.FloatSlider(value=1.0, min=0.0, max=1.0, step=0.05, description="strength", style=style)
-    model_box = w.Dropdown(options=list(models), description="model", style=style)
-    method_box = w.Dropdown(options=methods, value=methods[0], description="method", style=style)
-    params_box = w.HBox()
-    output = w.Output()
-    param_widgets: dict[str, Any] = {}
+        if not images or not models:
+            raise ValueError("explorer needs at least one image and one model")
+        methods = list(methods or list_methods())
+        if method not in methods:
+            raise ValueError(f"start method {method!r} is not among the explorer's methods {methods}")
+        self.images, self.models = dict(images), dict(models)
+        self.overrides = {k: dict(v) for k, v in (overrides or {}).items()}
+        self.loaded: dict[str, SimilarityModel] = {}
+        self.last = None
+        self.param_widgets: dict[str, Any] = {}
+        def tip(name: str) -> dict[str, Any]:
+            return _described(name, CONTROL_HELP[name])
 
-    def rebuild_params() -> None:
-        spec = get_method(method_box.value)
-        param_widgets.clear()
-        for name, default in method_controls(method_box.value).items():
-            value = overrides.get(method_box.value, {}).get(name, default)
-            widget = _widget_for(name, value, spec.choices.get(name))
-            if widget is not None:
-                widget.observe(refresh, names="value")
-                param_widgets[name] = widget
-        params_box.children = tuple(param_widgets.values())
+        self.image_box = w.Dropdown(options=list(self.images), layout=w.Layout(width="300px"), **tip("image"))
+        self.path_box = w.Text(value="", placeholder="or type a path to an image file + Enter", continuous_update=False,
+                               layout=w.Layout(width="360px"), **tip("path"))
+        self.seed_box = w.IntSlider(value=0, min=0, max=99, continuous_update=False, **tip("seed"))
+        self.strength_box = w.FloatSlider(value=1.0, min=0.0, max=1.0, step=0.05, continuous_update=False,
+                                         **tip("strength"))
+        self.size_box = w.BoundedIntText(value=int(size), min=16, max=512, layout=w.Layout(width="150px"), **tip("size"))
+        self.model_box = w.Dropdown(options=list(self.models), layout=w.Layout(width="300px"), **tip("model"))
+        self.method_box = w.Dropdown(options=methods, value=method, layout=w.Layout(width="300px"), **tip("method"))
+        self.status = w.HTML(value="")
+        self.params_box = w.HBox(layout=w.Layout(flex_flow="row wrap", align_items="center"))
+        self.call = w.HTML(value="")
+        self.output = w.Output()
+        for control, name in ((self.image_box, "image"), (self.path_box, "path"), (self.method_box, "method"),
+                              (self.model_box, "model"), (self.status, "status"), (self.output, "map")):
+            control.add_class(f"cle-{name}")  # stable hooks for the browser test
+        self.widget = w.VBox([
+            w.HBox([self.image_box, self.path_box]),
+            w.HBox([self.seed_box, self.strength_box, self.size_box]),
+            w.HBox([self.model_box, self.method_box, self.status], layout=w.Layout(align_items="center")),
+            self.params_box, self.call, self.output,
+        ])
+        self.widget.add_class("cle-explorer")
+        self._rebuild_params()
+        for control in (self.image_box, self.seed_box, self.model_box):
+            control.observe(self.refresh, names="value")
+        self.path_box.observe(self._path_entered, names="value")
+        self.strength_box.observe(self._strength_changed, names="value")
+        self.size_box.observe(self._params_invalidated, names="value")
+        self.method_box.observe(self._params_invalidated, names="value")
+        self.refresh()
 
-    def current_image() -> torch.Tensor:
-        path = path_box.value.strip()
-        return load_image(os.path.expanduser(path)) if path else images[image_box.value]
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
 
-    def refresh(_change=None) -> None:
-        output.clear_output(wait=True)
-        with output:
+    # ------------------------------------------------------------------ state
+
+    def params(self) -> dict[str, Any]:
+        """The current values of the method's parameter controls."""
+        return {name: control.value for name, control in self.param_widgets.items()}
+
+    def _rebuild_params(self) -> None:
+        method, side = self.method_box.value, self.size_box.value
+        spec = get_method(method)
+        self.param_widgets = {}
+        for name, value in initial_params(method, side, self.overrides.get(method)).items():
+            control = _control(name, value, spec.choices.get(name))
+            control.add_class(f"cle-param-{name}")
+            control.observe(self.refresh, names="value")
+            self.param_widgets[name] = control
+        self.params_box.children = tuple(self.param_widgets.values())
+
+    def _show_call(self) -> None:
+        spec = get_method(self.method_box.value)
+        self.call.value = (f"<small>{html.escape(spec.description)}<br>The same map in code: "
+                           f"<code>{html.escape(explain_call(spec.name, self.params()))}</code></small>")
+
+    # -------------------------------------------------------------- callbacks
+
+    def refresh(self, _change=None) -> None:
+        """Recompute and show the map for the current selection (errors are shown, never raised)."""
+        from .notebook import show_and_save
+
+        method, name = self.method_box.value, self.model_box.value
+        self.status.value = f"<b>computing {html.escape(method)} ...</b>"
+        self._show_call()
+        start = time.perf_counter()
+        self.output.clear_output(wait=True)
+        with self.output:
             try:
-                name = model_box.value
-                if name not in loaded:
-                    loaded[name] = models[name]()
-                params = {k: widget.value for k, widget in param_widgets.items()}
-                figure, _ = render_pair(loaded[name], current_image(), method_box.value, params,
-                                        seed_box.value, strength_box.value, size)
-                display(figure)
-                plt.close(figure)
+                if name not in self.loaded:
+                    self.loaded[name] = self.models[name]()
+                figure, self.last = render_pair(self.loaded[name], self.images[self.image_box.value], method,
+                                                self.params(), self.seed_box.value, self.strength_box.value,
+                                                self.size_box.value)
+                show_and_save(figure)
+                self.status.value = f"done in {time.perf_counter() - start:.1f} s"
             except Exception as error:  # shown to the user; ipywidgets would swallow it
                 print(f"could not render: {type(error).__name__}: {error}")
+                self.status.value = "<b>failed</b> (see below)"
 
-    def method_changed(_change) -> None:
-        rebuild_params()
-        refresh()
+    def _params_invalidated(self, _change) -> None:
+        self._rebuild_params()
+        self.refresh()
 
-    rebuild_params()
-    for control in (image_box, path_box, seed_box, strength_box, model_box):
-        control.observe(refresh, names="value")
-    method_box.observe(method_changed, names="value")
-    refresh()
-    return w.VBox([w.HBox([image_box, path_box]), w.HBox([seed_box, strength_box]),
-                   w.HBox([model_box, method_box]), params_box, output])
+    def _strength_changed(self, change) -> None:
+        self.seed_box.disabled = change["new"] == 0
+        self.refresh()
+
+    def _path_entered(self, change) -> None:
+        from .data import load_image
+
+        path = change["new"].strip()
+        if not path:
+            return
+        label = f"file: {path}"
+        try:
+            self.images[label] = load_image(os.path.expanduser(path))
+        except Exception as error:
+            self.output.clear_output()
+            with self.output:
+                print(f"could not load {path!r}: {type(error).__name__}: {error}")
+            self.status.value = "<b>image not loaded</b> (see below)"
+            return
+        self.image_box.unobserve(self.refresh, names="value")
+        try:
+            self.image_box.options = list(self.images)
+            self.image_box.value = label
+        finally:
+            self.image_box.observe(self.refresh, names="value")
+        self.path_box.value = ""  # the list now holds the file: one control says which image is shown
+        self.refresh()
+
+
+def explorer(images: Mapping[str, torch.Tensor], models: Mapping[str, Callable[[], SimilarityModel]],
+             methods: list[str] | None = None, size: int = 64, method: str = "interaction_cam",
+             overrides: Mapping[str, Mapping[str, Any]] | None = None) -> PairExplorer:
+    """Build a `PairExplorer` (it shows itself as the last expression of a cell)."""
+    return PairExplorer(images, models, methods, size, method, overrides)

@@ -1,10 +1,12 @@
 """Notebook contracts (layer 4) and the papermill smoke run with the ci profile (layer 3).
 
-Contracts: the ten stems exist; the classroom student copies are current and solution-free; each notebook has exactly one `parameters` cell whose every line is a
+Contracts: the ten stems exist; the classroom student copies are current and solution-free; every figure goes
+through show_and_save (shown inline and saved); each notebook has exactly one `parameters` cell whose every line is a
 typed, commented literal papermill can parse; kernelspec python3; no stored outputs; the setup cell
 uses the inline backend and no notebook reads the environment; every key of params/<profile>/<stem>.yaml
 is a parameter of its notebook with a value of the annotated type, and figure_dir follows the profile.
-The smoke run executes every notebook with params/ci and checks that its figures and tables exist.
+The smoke run executes every notebook with params/ci and checks that its figures and tables exist and that
+every saved figure was also shown as an image/png output.
 """
 from __future__ import annotations
 
@@ -113,6 +115,26 @@ def test_params_files_name_only_parameters(profile, stem):
     assert values["figure_dir"] == PROFILES[profile].format(stem=stem)
 
 
+@pytest.mark.parametrize("stem", STEMS)
+def test_every_figure_is_shown_and_saved_by_one_helper(stem):
+    """A figure that is only saved never reaches the reader: each one goes through show_and_save."""
+    code = "\n".join(c.source for c in _read(stem).cells if c.cell_type == "code")
+    assert "save_figure" not in code and "savefig" not in code and "plt.show" not in code
+    tree = ast.parse("\n".join(line for line in code.splitlines() if not line.startswith("%")))
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "show_and_save"]
+    written = {n.value for call in calls for n in ast.walk(call) if isinstance(n, ast.Constant)}
+    for name in (n for n in EXPECTED[stem] if n.endswith(".png")):
+        assert name in written, f"{name} is not written by show_and_save"
+
+
+def test_exercise_figures_are_shown_by_the_same_helper():
+    for path in sorted((NOTEBOOK_DIR / "exercises").rglob("*.ipynb")):
+        code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        assert "save_figure" not in code and "plt.show" not in code, path.name
+        if "viz." in code:
+            assert "show_and_save(viz." in code, f"{path.name} makes a figure without show_and_save"
+
+
 def test_student_copies_are_current_and_solution_free():
     from cl_explain.exercises import exercises_dir, leaked_solutions, stale_copies
 
@@ -139,3 +161,8 @@ def test_ci_profile_run_writes_every_figure(stem, tmp_path, monkeypatch):
     missing = [name for name in EXPECTED[stem] if not (out / name).is_file()]
     assert not missing, f"{stem} did not write {missing} into {out}"
     assert not list(out.glob("*.partial")), "a .partial file was left behind"
+    executed = nbformat.read(tmp_path / f"{stem}.ipynb", as_version=4)
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    images = sum("image/png" in o.get("data", {}) for o in outputs)
+    assert images >= len(list(out.glob("*.png"))), f"{stem}: {images} figures shown inline for {len(list(out.glob('*.png')))} saved"
+    assert not any("<Figure size" in str(o.get("data", {}).get("text/plain", "")) for o in outputs), "a Figure repr was printed"

@@ -156,15 +156,25 @@ def photometric(image: torch.Tensor, generator: torch.Generator, side: int,
     return image
 
 
+def _pure_resize(height: int, width: int, size: int) -> tuple[int, int]:
+    """The (height, width) the pure view resizes to before its centre crop (shorter side size*256/224)."""
+    scale = int(round(size * 256 / 224)) / min(height, width)
+    return max(size, int(round(height * scale))), max(size, int(round(width * scale)))
+
+
+def pure_crop_box(height: int, width: int, size: int) -> tuple[float, float, float, float]:
+    """The source region (top, left, height, width) that the pure view of `size` shows, in source pixels."""
+    nh, nw = _pure_resize(height, width, size)
+    box_h, box_w = size * height / nh, size * width / nw
+    return (height - box_h) / 2, (width - box_w) / 2, box_h, box_w
+
+
 def pure_view(
     image: torch.Tensor, size: int = 224, mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Resize the shorter side to size*256/224, then centre-crop size x size (mask follows)."""
     image = as_batch(image)
-    resize = int(round(size * 256 / 224))
-    h, w = image.shape[-2:]
-    scale = resize / min(h, w)
-    nh, nw = max(size, int(round(h * scale))), max(size, int(round(w * scale)))
+    nh, nw = _pure_resize(*image.shape[-2:], size)
     view = TF.resize(image, [nh, nw], antialias=True).clamp(0, 1)
     view = TF.center_crop(view, [size, size])
     if mask is None:
