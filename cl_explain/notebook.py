@@ -146,12 +146,17 @@ def split_variant(spec: Mapping[str, Any], label: str) -> tuple[str, dict[str, A
 
 
 def explain_variants(model, pair, variants: Mapping[str, Mapping[str, Any]]) -> dict[str, PairExplanation]:
-    """Explain one pair with every variant (label -> {"method": name, **params}); single-image methods get x1 only."""
+    """Explain one pair with every variant (label -> {"method": name, **params}); single-image methods get x1
+    only, and "random" is the random-map baseline drawn with the pair's seed (as `cl_explain.evaluate` does)."""
     from .explainers import explain, get_method
+    from .metrics.sanity import random_explanation
 
     results = {}
     for label, spec in variants.items():
         method, params = split_variant(spec, label)
+        if method == "random":
+            results[label] = random_explanation(pair.x1, pair.x2, seed=pair.seed, model=model, **params)
+            continue
         x2 = pair.x2 if get_method(method).needs_pair else None
         results[label] = explain(model, pair.x1, x2, method, **params)
     return results

@@ -129,3 +129,83 @@ def curves_figure(curves: Mapping[str, np.ndarray | torch.Tensor], title: str = 
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def mean_curves_figure(curves: Mapping[str, Mapping[str, Mapping]], title: str,
+                       baselines: Sequence[str] = ("random", "random_grid")) -> Figure:
+    """One panel per mode ({mode: `metrics.mean_curves` output}): mean curve and 95% band per label.
+
+    Baseline labels (random maps) are drawn dashed in grey tones; both axes run over [0, 1] (the
+    similarity axis extends below 0 only when a curve does), so AUCs can be read as areas.
+    """
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.6), squeeze=False)
+    for ax, (mode, per_label) in zip(axes[0], curves.items()):
+        lowest = 0.0
+        for label, c in per_label.items():
+            baseline = label in baselines
+            line, = ax.plot(c["fractions"], c["mean"], linewidth=1.0 if baseline else 1.3,
+                            linestyle="--" if baseline else "-", color="0.45" if label == "random" else
+                            "0.7" if baseline else None, label=f"{label} (AUC {c['auc']:.3f})")
+            ax.fill_between(c["fractions"], c["low"], c["high"], color=line.get_color(), alpha=0.15, linewidth=0)
+            lowest = min(lowest, float(np.min(c["low"])))
+        ax.set_xlim(0, 1)
+        ax.set_ylim(lowest, 1)
+        ax.set_xlabel("fraction of pixels " + ("put back" if mode == "insertion" else "removed"))
+        ax.set_ylabel("similarity S")
+        ax.set_title(f"simultaneous {mode}", fontsize=9)
+        ax.legend(fontsize=6, loc="best")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def rank_heatmap(ranks, title: str) -> Figure:
+    """Methods (rows) x metrics (columns) heat map of ranks (1 = best), numbers printed in the cells."""
+    values = ranks.to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(1.6 + 0.6 * ranks.shape[1], 1.0 + 0.35 * ranks.shape[0]))
+    image = ax.imshow(values, cmap="viridis_r")
+    ax.set_xticks(range(ranks.shape[1]), list(ranks.columns))
+    ax.set_yticks(range(ranks.shape[0]), list(ranks.index))
+    for i, j in np.argwhere(np.isfinite(values)):
+        ax.text(j, i, f"{values[i, j]:.0f}", ha="center", va="center", fontsize=7, color="white")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.7, label="rank (1 = best)")
+    fig.tight_layout()
+    return fig
+
+
+def published_figure(side, agreement, model: str, abbreviations: Mapping[str, str]) -> Figure:
+    """Our method means (x) against the study's published values (y), one panel per metric.
+
+    `side` is `analysis.side_by_side` output, `agreement` the concatenated `analysis.rank_agreement`
+    tables; each panel's title gives the Spearman rank agreement with its bootstrap interval per
+    published model.
+    """
+    ours = side[side["model"] == model]
+    metrics = list(dict.fromkeys(ours["metric"]))
+    paper_models = [c for c in side.columns if c not in ("model", "method", "metric", "ours")]
+    cols = min(3, max(len(metrics), 1))
+    rows = max(1, -(-len(metrics) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.3 * rows), squeeze=False)
+    markers = ("o", "s", "^", "D")
+    for ax, metric in zip(axes.ravel(), metrics):
+        frame = ours[ours["metric"] == metric]
+        lines = []
+        for marker, paper in zip(markers, paper_models):
+            ax.scatter(frame["ours"], frame[paper], marker=marker, s=18, label=paper)
+            hit = agreement[(agreement["model"] == model) & (agreement["metric"] == metric)
+                            & (agreement["paper_model"] == paper)]
+            if len(hit):
+                r = hit.iloc[0]
+                lines.append(f"{paper.split('-r50')[0]}: ρ {r.spearman:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]")
+        ax.set_title(f"{abbreviations.get(metric, metric)}\n" + "\n".join(lines), fontsize=7)
+        ax.set_xlabel("ours", fontsize=7)
+        ax.set_ylabel("published", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in axes.ravel()[len(metrics):]:
+        ax.set_axis_off()
+    if metrics:
+        axes.ravel()[0].legend(fontsize=6)
+    fig.suptitle(f"{model} against the study's published table (one point per method)", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -28,6 +28,8 @@ def test_paired_verdict_reads_the_interval_not_the_mean():
     result = paired_verdict(centred - centred.mean() + 0.002)  # positive mean, interval across 0
     assert result["difference"] > 0 and result["verdict"] == "inconclusive"
     assert result["ci_low"] < 0 < result["ci_high"] and result["n"] == 40
+    assert paired_verdict([0.3, 0.31, 0.29, 0.3])["verdict"] == "inconclusive"  # fewer than MIN_PAIRS pairs
+    assert paired_verdict([0.3, 0.31, 0.29, 0.3, 0.32])["verdict"] == "holds"
     with pytest.raises(ValueError, match="finite"):
         paired_verdict([0.1, float("nan")])
     with pytest.raises(ValueError, match="non-empty"):
@@ -103,3 +105,10 @@ def test_rank_agreement_is_one_for_the_published_order_and_minus_one_reversed():
     means = pd.DataFrame([{"model": "same", "method": m, "insertion_simultaneous": float(reference[m])} for m in methods])
     side = side_by_side(means)
     assert len(side) == 6 and (side.ours == side["barlow-twins-r50"]).all()
+
+
+def test_too_few_methods_give_empty_tables_with_their_columns():
+    results = tidy("m", {("gradcam", "insertion_simultaneous"): np.full(4, 0.5)})
+    agreement = rank_agreement(results, "simclr-v2-r50-2x", n_boot=10)
+    assert agreement.empty and "spearman" in agreement.columns
+    assert list(side_by_side(pd.DataFrame({"model": [], "method": []})).columns)[:4] == ["model", "method", "metric", "ours"]

@@ -104,7 +104,10 @@ def side_by_side(means: pd.DataFrame, paper_models: Sequence[str] = tuple(PUBLIS
                 continue
             rows.append({"model": record["model"], "method": record["method"], "metric": metric,
                          "ours": float(record[metric]), **{p: (np.nan if v is None else v) for p, v in published.items()}})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["model", "method", "metric", "ours", *paper_models])
+
+
+AGREEMENT_COLUMNS = ("model", "paper_model", "metric", "methods", "pairs", "spearman", "ci_low", "ci_high")
 
 
 def rank_agreement(results: pd.DataFrame, paper_model: str, n_boot: int = 1000, ci: float = 0.95,
@@ -133,7 +136,7 @@ def rank_agreement(results: pd.DataFrame, paper_model: str, n_boot: int = 1000, 
         low, high = np.quantile(draws, [(1 - ci) / 2, 1 - (1 - ci) / 2]) if draws.size else (np.nan, np.nan)
         rows.append({"model": model, "paper_model": paper_model, "metric": metric, "methods": len(methods),
                      "pairs": len(wide), "spearman": rho, "ci_low": float(low), "ci_high": float(high)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
 
 
 __all__ = ["PUBLISHED", "PUBLISHED_SOURCE", "PUBLISHED_METRICS", "published_table", "side_by_side", "rank_agreement"]

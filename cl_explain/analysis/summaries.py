@@ -166,14 +166,37 @@ def inversion_errors(models: Mapping[str, "SimilarityModel"], image, grid: Mappi
     return pd.DataFrame(rows)
 
 
+def scored_on(label: str, method_params: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """Which pair a result row was scored on: "x1, x2" (the pair), "x1, T(x1)" (Averaged Transforms
+    builds its own aligned partner) or "x1 only" (Pixel Invariance explains one image); "" for the
+    random baselines. `method_params` maps labels to explain parameters ({"method": name} for variants)."""
+    from ..explainers import get_method
+
+    name = dict((method_params or {}).get(label, {})).get("method", label)
+    return "" if name == "random" else get_method(name).scored_pair
+
+
+def method_ranks(means: pd.DataFrame, model: str) -> pd.DataFrame:
+    """Rank of every method on every metric for one model (1 = best in the metric's direction).
+
+    `means` is the second output of `metric_tables`; columns are headed by the metric abbreviations."""
+    from ..metrics import METRICS
+
+    first = means[means["model"] == model].set_index("method").drop(columns="model")
+    return pd.DataFrame({METRICS[m].abbreviation: first[m].rank(ascending=not METRICS[m].higher_is_better)
+                         for m in first.columns})
+
+
 def metric_tables(results: pd.DataFrame, metrics: Sequence[str], n_boot: int = 1000, ci: float = 0.95,
-                  seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  seed: int = 0, method_params: Mapping[str, Mapping[str, Any]] | None = None
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The paper's table for every model of `results` (columns model, pair_id, method, metric, value).
 
     Per-direction rows (`<metric>_1`, `_2`) are dropped (the plain name holds their mean). Returns
     (formatted, means): `formatted` has one column per metric headed by its abbreviation and better
-    direction (e.g. "SD ↓") with cells "mean [low, high]" (bootstrap over pairs) or "NA"; `means` has
-    the plain means with the metric names as columns. Rows are (model, method) in first-seen order.
+    direction (e.g. "SD ↓") with cells "mean [low, high]" (bootstrap over pairs) or "NA", and a
+    "scored on" column naming the pair each row was scored on (see `scored_on`); `means` has the
+    plain means with the metric names as columns. Rows are (model, method) in first-seen order.
     """
     from ..metrics import METRICS, summarise
 
@@ -191,7 +214,9 @@ def metric_tables(results: pd.DataFrame, metrics: Sequence[str], n_boot: int = 1
             header = f"{METRICS[metric].abbreviation} {'↑' if METRICS[metric].higher_is_better else '↓'}"
             cells[header] = [f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if pd.notna(r["mean"]) else "NA"
                              for _, r in stats_.iterrows()]
-        formatted.append(pd.DataFrame({"model": model, "method": summary.index, **cells}))
+        labels = list(summary.index)
+        formatted.append(pd.DataFrame({"model": model, "method": labels,
+                                       "scored on": [scored_on(label, method_params) for label in labels], **cells}))
     formatted = pd.concat(formatted, ignore_index=True).fillna("NA")
     means = pd.concat(means, ignore_index=True)
     return formatted, means[["model", "method", *[m for m in metrics if m in means.columns]]]

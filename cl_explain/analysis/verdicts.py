@@ -9,7 +9,8 @@ over pairs (pairing kept) and a verdict from that interval alone:
 
 * holds: the whole interval lies above 0;
 * fails: the whole interval lies below 0 (the opposite ordering is supported);
-* inconclusive: the interval contains 0 (too few pairs, or no difference).
+* inconclusive: the interval contains 0 (too few pairs, or no difference), or fewer than
+  `MIN_PAIRS` pairs were scored (a bootstrap of one or two values has no spread to speak of).
 
 A `Claim` groups the comparisons of one ordering ("for every gradient method and every CAM ...");
 its verdict is `fails` if any comparison fails, `holds` if all hold, `inconclusive` otherwise.
@@ -26,6 +27,8 @@ import numpy as np
 import pandas as pd
 
 VERDICTS = ("holds", "fails", "inconclusive")
+#: Fewer paired differences than this give no verdict but "inconclusive".
+MIN_PAIRS = 5
 
 #: Row groups of the study's table, by our method labels (the labels of the full profile of notebook 05).
 OCCLUSION = ("occlusion", "context_agnostic_occlusion", "pairwise_occlusion")
@@ -74,7 +77,7 @@ def paired_verdict(differences: Sequence[float], n_boot: int = 2000, ci: float =
     rng = np.random.default_rng(seed)
     draws = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
     low, high = np.quantile(draws, [(1 - ci) / 2, 1 - (1 - ci) / 2])
-    verdict = "holds" if low > 0 else "fails" if high < 0 else "inconclusive"
+    verdict = "inconclusive" if diff.size < MIN_PAIRS else "holds" if low > 0 else "fails" if high < 0 else "inconclusive"
     return {"n": int(diff.size), "difference": float(diff.mean()), "ci_low": float(low), "ci_high": float(high),
             "verdict": verdict}
 

@@ -83,6 +83,13 @@ class MethodSpec:
     choices: dict[str, tuple] = field(default_factory=dict)
     partner: Callable[[torch.Tensor, dict[str, Any]], torch.Tensor] | None = None
 
+    @property
+    def scored_pair(self) -> str:
+        """Which pair the metrics score for this method: the given pair, (x1, T(x1)) or x1 alone."""
+        if self.partner is not None:
+            return "x1, T(x1)"
+        return "x1, x2" if self.needs_pair else "x1 only"
+
 
 _REGISTRY: dict[str, MethodSpec] = {}
 _SCALERS = {"length": scale_length, "kernel": scale_kernel, "sigma": scale_sigma, "batch": scale_batch}

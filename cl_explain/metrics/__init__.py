@@ -20,7 +20,7 @@ from .harness import (
     list_metrics,
     summarise,
 )
-from .perturbation import Curve, conditional_curve, perturbation_curves, simultaneous_curve
+from .perturbation import Curve, conditional_curve, mean_curves, perturbation_curves, simultaneous_curve
 from .sanity import random_explanation, randomisation_test
 from .sensitivity import max_sensitivity
 
@@ -38,6 +38,7 @@ __all__ = [
     "list_metrics",
     "Curve",
     "perturbation_curves",
+    "mean_curves",
     "simultaneous_curve",
     "conditional_curve",
     "drop_increase",

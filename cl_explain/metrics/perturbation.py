@@ -21,10 +21,12 @@ of that image, so `perturbation_curves` embeds each sequence once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 
-from ..explainers.base import precision_context, resize_map
+from ..explainers.base import PairExplanation, precision_context, resize_map
 from ..models.similarity import SimilarityModel, cosine, embed_stream
 from ..utils import scale_kernel, scale_sigma
 
@@ -201,3 +203,42 @@ def conditional_curve(
 ) -> Curve:
     """CI / CD in one direction: `x` perturbed by `saliency`, `other` intact (embedded once)."""
     return perturbation_curves(model, x, other, saliency, None, mode, ("conditional_1",), **options)["conditional_1"]
+
+
+def mean_curves(
+    model: SimilarityModel,
+    pairs: Sequence,
+    explanations: Sequence[Mapping[str, PairExplanation]],
+    mode: str,
+    **options,
+) -> dict[str, dict[str, np.ndarray | float | int]]:
+    """The simultaneous `mode` curve of every label averaged over pairs, with a pointwise 95% band.
+
+    `pairs[i]` has x1 and x2; `explanations[i]` maps labels to that pair's explanation. A method that
+    built its own partner (averaged transforms: T(x1)) is scored on (x1, partner), as the metrics do;
+    labels without a second map (pixel invariance) have no simultaneous curve and are left out.
+    Returns {label: {"fractions", "mean", "low", "high" (mean -/+ 1.96 standard errors), "auc" (mean
+    AUC over pairs), "n" (pairs)}}.
+    """
+    if len(pairs) != len(explanations) or not pairs:
+        raise ValueError(f"need one mapping of explanations per pair, got {len(explanations)} for {len(pairs)} pairs")
+    scores: dict[str, list[np.ndarray]] = {}
+    fractions: dict[str, np.ndarray] = {}
+    aucs: dict[str, list[float]] = {}
+    for pair, per_label in zip(pairs, explanations):
+        for label, explanation in per_label.items():
+            if explanation.map2 is None:
+                continue
+            partner = explanation.partner if explanation.partner is not None else pair.x2
+            curve = simultaneous_curve(model, pair.x1, partner, explanation.map1, explanation.map2, mode, **options)
+            scores.setdefault(label, []).append(curve.scores.numpy())
+            fractions[label] = curve.fractions.numpy()
+            aucs.setdefault(label, []).append(curve.auc)
+    out = {}
+    for label, rows in scores.items():
+        stacked = np.stack(rows)
+        mean = stacked.mean(axis=0)
+        half = 1.96 * stacked.std(axis=0, ddof=1) / np.sqrt(len(rows)) if len(rows) > 1 else np.zeros_like(mean)
+        out[label] = {"fractions": fractions[label], "mean": mean, "low": mean - half, "high": mean + half,
+                      "auc": float(np.mean(aucs[label])), "n": len(rows)}
+    return out
