@@ -1,4 +1,4 @@
-"""Train and evaluate the embedded models on the synthetic scenes (SPEC section 8).
+"""Train and evaluate the embedded models on the synthetic scenes (the package's offline default).
 
 Objectives: SimCLR (NT-Xent), Barlow Twins, SimSiam, and a supervised classifier of the same
 architecture. Training is seeded and deterministic on one platform (fixed thread count; the
@@ -366,7 +366,7 @@ def train(config: TrainConfig, scenes: SceneSet | None = None, banks: dict | Non
 
 # ------------------------------------------------------------------------------------- evaluation
 def pure_views(scenes: SceneSet, size: int) -> torch.Tensor:
-    """Pure views (SPEC 2) of all scenes, N x 3 x size x size."""
+    """Pure views of all scenes, N x 3 x size x size."""
     return torch.cat([pure_view(image, size)[0] for image in scenes.float_images()])
 
 

@@ -1,4 +1,4 @@
-"""The interactive pair explorer (SPEC section 6, item 10).
+"""The interactive pair explorer (pick a pair, a method and its parameters; see the maps).
 
 The logic is in pure functions tested without a kernel: `initial_params` (the parameter values
 `explain` would use at an image side, which the explorer starts from), `strength_view` (the
@@ -69,7 +69,7 @@ def strength_view(image: torch.Tensor, size: int, seed: int, strength: float = 1
     """The augmented view x2 at `strength` in [0, 1], seeded.
 
     strength 0 is x1's pure view itself (`pure_view`; the seed has no effect); strength 1 is the
-    SimCLR recipe of SPEC section 2 (the same draws as `simclr_view` for the same seed). In between,
+    SimCLR recipe the paper uses (the same draws as `simclr_view` for the same seed). In between,
     the crop box moves linearly from the pure view's region to the sampled SimCLR crop, and the
     jitter factors and the flip, jitter, grayscale and blur probabilities are multiplied by `strength`.
     """

@@ -1,4 +1,4 @@
-"""Image loading, seeded views and pairs (SPEC section 2)."""
+"""Image loading, seeded views and pairs (as the paper builds its pairs)."""
 import io
 
 import numpy as np

@@ -48,7 +48,7 @@ def make_pair(
     other_mask: torch.Tensor | None = None,
     pair_id: str | None = None,
 ) -> Pair:
-    """The default pair of SPEC 2: (pure view, SimCLR augmented view) of one image, seeded.
+    """The paper's default pair: (pure view, SimCLR augmented view) of one image, seeded.
 
     `augment_both` augments the first view too; `other` takes the second view from a different image.
     Masks (HxW) follow each view's geometry; the crop/flip of each view is kept in params1/params2.

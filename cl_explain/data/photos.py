@@ -44,7 +44,7 @@ def list_photos() -> dict[str, str]:
 def load_photo(name: str, size: int | None = None) -> torch.Tensor:
     """A demo photo as a 1x3xHxW float tensor in [0, 1].
 
-    With `size`, the SPEC pure view (resize the short side to size*256/224, centre crop size x size).
+    With `size`, the paper's pure view (resize the short side to size*256/224, centre crop size x size).
     """
     if name not in PHOTOS:
         raise ValueError(f"unknown photo {name!r}; available photos: {', '.join(PHOTOS)}")

@@ -1,4 +1,4 @@
-"""The embedded data set (SPEC section 8): seeded synthetic scenes with exact object masks and labels.
+"""The embedded data set (the package's offline default): seeded synthetic scenes with exact object masks and labels.
 
 Each scene is one textured object (a shape with a surface pattern; pattern x shape = the class) on a
 cluttered, slightly defocused and hazy background cut from permissively licensed photos shipped
@@ -270,7 +270,7 @@ def scene_pairs(
 ) -> list[Pair]:
     """`n` seeded evaluation pairs of held-out scenes, with object masks that follow each view.
 
-    mode: "pure-augmented" (SPEC 2 default: pure view and SimCLR view of one scene),
+    mode: "pure-augmented" (the paper's protocol: pure view and SimCLR view of one scene),
     "augmented-augmented" (two SimCLR views of one scene) or "different" (pure views of scene i and of
     another scene drawn at random). Scenes come from `scenes` (e.g. a cached `load_split`) or are
     rendered at `size` with `scene_seed`; `seed` drives the augmentations and the partner draw.

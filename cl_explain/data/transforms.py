@@ -1,4 +1,4 @@
-"""Seeded views of SPEC section 2: pure view, SimCLR augmented view, no-shift view, averaged-transform families.
+"""Seeded views as the paper builds its pairs: pure view, SimCLR augmented view, no-shift view, averaged-transform families.
 
 Every random draw comes from an explicit torch.Generator, so the same seed gives the same view bit for
 bit. Sizes stated at 224 px (blur kernels and sigmas) are scaled with the output side. Images are float
@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..utils import scale_kernel, scale_sigma
 
-#: SimCLR augmentation recipe of SPEC section 2 (values at 224 px).
+#: The SimCLR augmentation recipe the paper uses (values at 224 px).
 SIMCLR_RECIPE = {
     "crop_scale": (0.08, 1.0),
     "crop_ratio": (3 / 4, 4 / 3),
@@ -186,7 +186,7 @@ def pure_view(
 def simclr_view(
     image: torch.Tensor, size: int, generator: torch.Generator, mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None, ViewParams]:
-    """The SimCLR augmented view (SPEC 2): random resized crop, flip, jitter, grayscale, blur; no solarisation."""
+    """The SimCLR augmented view: random resized crop, flip, jitter, grayscale, blur; no solarisation."""
     image = as_batch(image)
     h, w = image.shape[-2:]
     recipe = SIMCLR_RECIPE
@@ -216,7 +216,7 @@ def no_shift_view(
 
 
 def averaged_transform(image: torch.Tensor, family: str, generator: torch.Generator) -> torch.Tensor:
-    """A pixel-aligned transformed copy of `image` for Averaged Transforms (SPEC 2 families, each p=1)."""
+    """A pixel-aligned transformed copy of `image` for Averaged Transforms (the paper's transform families, each applied with p=1)."""
     image = as_batch(image)
     side = min(image.shape[-2:])
     if family == "color_jitter":

@@ -15,7 +15,7 @@ from ..utils import check_image, scale_batch, scale_kernel, scale_length, scale_
 #: Parameters every method accepts (where they apply), with their defaults.
 COMMON_PARAMS: dict[str, Any] = {"batch_size": 64, "blur": False, "precision": "fp32"}
 
-#: Display blur of SPEC section 3 at 224 px (kernel, sigma); scaled with the image side.
+#: The paper's display blur for gradient maps at 224 px (kernel, sigma); scaled with the image side.
 DISPLAY_BLUR = (11, 5.0)
 
 
@@ -191,7 +191,7 @@ def precision_context(precision: str, device: torch.device) -> contextlib.Abstra
 
 
 def display_blur(saliency: torch.Tensor, side: int) -> torch.Tensor:
-    """The optional Gaussian display blur of SPEC section 3 (11, sigma 5 at 224 px)."""
+    """The optional Gaussian display blur the paper applies to gradient maps (11, sigma 5 at 224 px)."""
     from torchvision.transforms.v2.functional import gaussian_blur
 
     k, s = scale_kernel(DISPLAY_BLUR[0], side), scale_sigma(DISPLAY_BLUR[1], side)

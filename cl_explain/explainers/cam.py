@@ -1,4 +1,4 @@
-"""Class-activation explainers of a pair (SPEC M4, M5): pair Grad-CAM and Interaction-CAM.
+"""Class-activation explainers of a pair (the paper's pair Grad-CAM baseline and its Interaction-CAM): pair Grad-CAM and Interaction-CAM.
 
 Both need the last-stage feature maps F1, F2 and the gradients G_k = dS/dF_k of the similarity
 S = cos(f(x1), f(x2)). The backbone runs once under no_grad; only the pooling + head part is

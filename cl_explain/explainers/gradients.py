@@ -1,4 +1,4 @@
-"""Gradient explanations of S(x1, x2) (SPEC M6-M8): Input x Gradient, SmoothGrad, Averaged Transforms.
+"""Gradient explanations of S(x1, x2) (the paper's gradient family): Input x Gradient, SmoothGrad, Averaged Transforms.
 
 All three differentiate the explained score S = cos(f(x1), f(x2)) with respect to the input pixels
 only (`torch.autograd.grad`; parameter `.grad` fields are never written). Pairs of a batch are
@@ -17,7 +17,7 @@ from ..data.transforms import AVERAGED_FAMILIES, averaged_transform
 from ..models.similarity import SimilarityModel
 from .base import register_method
 
-#: SmoothGrad noise level (SPEC M7) relative to the image's value range.
+#: SmoothGrad noise level relative to the image's value range.
 NOISE_LEVEL = 0.15
 NOISE_RULES = ("paper", "canonical")
 
@@ -106,7 +106,7 @@ def _batched_mean_gradients(
 
 
 def noise_sigma(image: torch.Tensor, rule: str = "paper") -> float:
-    """SmoothGrad noise sigma (SPEC M7): paper 0.15 / (max - min) (sic), canonical 0.15 * (max - min)."""
+    """SmoothGrad noise sigma: paper 0.15 / (max - min) (sic), canonical 0.15 * (max - min)."""
     spread = float(image.max() - image.min())
     if rule == "canonical":
         return NOISE_LEVEL * spread

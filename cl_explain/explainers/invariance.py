@@ -1,4 +1,4 @@
-"""Pixel Invariance (SPEC M9): which pixels keep the embedding stable under pixel-aligned augmentations.
+"""Pixel Invariance (proposed by the paper): which pixels keep the embedding stable under pixel-aligned augmentations.
 
 One image is explained. T no-shift augmentations a_t (colour jitter, grayscale, random erasing; pixels
 stay aligned) are labelled with y_t = cos(f(pure), f(a_t)). A linear surrogate on the images resized

@@ -1,7 +1,7 @@
-"""What a backbone keeps of an image: feature inversion (SPEC M10) and feature visualisation (M11).
+"""What a backbone keeps of an image: feature inversion (self-supervised vs supervised) and feature visualisation.
 
 Both optimise an image in [0, 1] pixel space through the model's own preprocessing (the original
-inversion code fed unnormalised pixels to a normalised network, SPEC 10; we do not). Gradients are
+inversion code fed unnormalised pixels to a normalised network; we do not). Gradients are
 taken with respect to the image only; the model is never modified.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Perturbation explainers (SPEC M1-M3): conditional, context-agnostic and pairwise occlusion.
+"""Perturbation explainers (the paper's occlusion family): conditional, context-agnostic and pairwise occlusion.
 
 All three run under no_grad, embed each unperturbed image once, and build perturbed images batch by
 batch (`batch_size` at a time) with tensor masks, so memory stays bounded whatever the grid size.

@@ -1,4 +1,4 @@
-"""Pair metrics (SPEC section 4) and the evaluation harness.
+"""Pair metrics (the paper's adaptation of single-image metrics to pairs) and the evaluation harness.
 
 Families: insertion/deletion curves (`perturbation`), average drop/increase (`drop`),
 max-sensitivity (`sensitivity`), pointing games (`grounding`), sanity checks (`sanity`).

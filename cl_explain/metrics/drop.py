@@ -1,4 +1,4 @@
-"""Average drop / average increase for pair explanations (SPEC section 4).
+"""Average drop / average increase for pair explanations (as the paper adapts them to pairs).
 
 Each map is min-max normalised to [0, 1] and used as a soft mask, x~ = map * x. Decisions:
 

@@ -1,4 +1,4 @@
-"""Pointing game and energy-based pointing game against ground-truth object masks (ours, SPEC section 4).
+"""Pointing game and energy-based pointing game against ground-truth object masks (ours, beyond the paper).
 
 Maps are bilinearly resized to the mask (= image) size first.
 

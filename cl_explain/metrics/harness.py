@@ -74,7 +74,7 @@ METRICS: dict[str, MetricSpec] = {
     ]
 }
 
-#: The paper's table (SPEC section 9), in its column order.
+#: The columns of the paper's metric table (Table I), in its order.
 PAPER_METRICS = tuple(name for name, spec in METRICS.items() if spec.family != "grounding")
 
 #: Metric options with their defaults; `batch_size` and `precision` also reach `explain` in `evaluate`.

@@ -1,4 +1,4 @@
-"""Insertion and deletion curves for pair explanations (SPEC section 4).
+"""Insertion and deletion curves for pair explanations (the paper's pair version of insertion/deletion).
 
 A map ranks the pixels of its image (most salient first; ties keep raster order, so a constant map
 perturbs row by row). Curve point i perturbs the `counts[i]` top-ranked pixels (all channels):

@@ -1,4 +1,4 @@
-"""Sanity checks (ours, SPEC section 4): cascading model-parameter randomisation and a random-map baseline.
+"""Sanity checks (beyond the paper: explanations must change when the weights do): cascading model-parameter randomisation and a random-map baseline.
 
 Randomisation test (after Adebayo et al., "Sanity checks for saliency maps", 2018): on a deep copy of
 the model (the model passed in is never modified), re-initialise blocks one at a time from the top

@@ -1,4 +1,4 @@
-"""Max-sensitivity of a pair explanation (SPEC section 4).
+"""Max-sensitivity of a pair explanation (the paper's robustness metric, with the same noise added to both images).
 
 For each of `n_draws` seeded draws u ~ U[-radius, radius] (one value per pixel and channel) the SAME
 u is added to both images and the pair is re-explained with the explanation's own parameters

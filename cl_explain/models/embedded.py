@@ -1,4 +1,4 @@
-"""The embedded default models (SPEC section 8): a small ResNet trained on the synthetic scenes.
+"""The embedded default models (the package's offline default): a small ResNet trained on the synthetic scenes.
 
 Four objectives share one architecture (`build_backbone`): SimCLR, Barlow Twins, SimSiam and a
 supervised classifier, plus snapshots taken along the SimCLR training (models of graded quality).
@@ -114,7 +114,7 @@ def _mlp(dims: list[int], last_bn: bool | str = False) -> nn.Sequential:
 
 
 def build_head(objective: str, width: int = 16, out_dim: int | None = None, n_classes: int = 8) -> nn.Module:
-    """The head whose output is the explained embedding, shaped like the paper's models (SPEC 7).
+    """The head whose output is the explained embedding, shaped like the paper's models.
 
     simclr: 2-layer projector with BN (SimCLRv2 style); barlow-twins: 3-layer projector, no final BN;
     simsiam: Sequential(projector d-D-D-D (last BN without affine), predictor D-D/4-D); supervised: linear

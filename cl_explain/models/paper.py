@@ -1,4 +1,4 @@
-"""Loaders for the checkpoints the paper explains (SPEC section 7). Files are supplied by the user.
+"""Loaders for the checkpoints the paper explains (SimCLRv2, Barlow Twins, SimSiam, DINO and supervised ResNet-50s). Files are supplied by the user.
 
 Each loader rebuilds the released architecture with the parameter names of the official file,
 reads the file safely (`checkpoint_io.read_checkpoint`), matches its keys strictly and wraps the
