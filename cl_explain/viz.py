@@ -209,3 +209,47 @@ def published_figure(side, agreement, model: str, abbreviations: Mapping[str, st
     fig.suptitle(f"{model} against the study's published table (one point per method)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def accuracy_scatter(means, table, accuracy_kind: str, metric_names: Mapping[str, str]) -> Figure:
+    """Mean explanation metric (y) against model accuracy (x), one panel per metric, every point
+    labelled with its model; the legend gives each method's correlation and interval.
+
+    `means`: `analysis.per_model_means` with an `accuracy` column; `table`: `analysis.correlation_table`;
+    `metric_names`: metric -> short title (e.g. "SD (lower is better)").
+    """
+    shown = [m for m in metric_names if m in set(means["metric"])]
+    fig, axes = plt.subplots(1, max(len(shown), 1), figsize=(3.8 * max(len(shown), 1), 3.3), squeeze=False)
+    for ax, metric in zip(axes[0], shown):
+        for label, group in means[means["metric"] == metric].groupby("method", sort=False):
+            row = table[(table["method"] == label) & (table["metric"] == metric)].iloc[0]
+            ax.plot(group["accuracy"], group["mean"], "o",
+                    label=f"{label} (r={row['r']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}])")
+            for _, point in group.iterrows():
+                ax.annotate(str(point["model"]).replace("embedded-", ""), (point["accuracy"], point["mean"]),
+                            fontsize=5, xytext=(3, 2), textcoords="offset points")
+        ax.set_xlabel(f"{accuracy_kind} accuracy", fontsize=8)
+        ax.set_ylabel(metric, fontsize=8)
+        ax.set_title(metric_names[metric], fontsize=9)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def strength_sweep_figure(sweep, title: str) -> Figure:
+    """Mean S(x1, x2) against augmentation strength, one line per image (`sweep`: images x strengths)."""
+    fig, ax = plt.subplots(figsize=(4.4, 3.1))
+    for name, row in sweep.iterrows():
+        ax.plot(list(sweep.columns), row.to_numpy(), marker="o", label=name, linewidth=1)
+    ax.set_xlabel("augmentation strength")
+    ax.set_ylabel("mean S(x1, x2)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def stretch(image: torch.Tensor) -> torch.Tensor:
+    """Min-max stretch of an image-like tensor to [0, 1] (for showing small differences such as x - base)."""
+    low, high = image.min(), image.max()
+    return (image - low) / (high - low).clamp_min(1e-12)

@@ -94,6 +94,26 @@ def strength_view(image: torch.Tensor, size: int, seed: int, strength: float = 1
     return view.clamp(0, 1)
 
 
+def strength_sweep(model: SimilarityModel, images: Mapping[str, torch.Tensor], size: int,
+                   strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0), seeds: int = 4) -> "pd.DataFrame":
+    """S(pure view, strength view) of every image at every strength for seeds 0..seeds-1.
+
+    Tidy rows (image, strength, seed, similarity); the mean per (image, strength) is
+    `rows.groupby(["image", "strength"]).similarity.mean()`. At strength 0 the second view is the
+    pure view itself, so S = 1 up to rounding.
+    """
+    import pandas as pd
+
+    rows = []
+    for name, image in images.items():
+        x1, _ = pure_view(image, size)
+        for strength in strengths:
+            for seed in range(seeds):
+                rows.append({"image": name, "strength": strength, "seed": seed,
+                             "similarity": model.score(x1, strength_view(image, size, seed, strength))})
+    return pd.DataFrame(rows)
+
+
 def demo_images(size: int = 64, n_scenes: int = 3, photos: bool = True) -> dict[str, torch.Tensor]:
     """Images the explorer offers: the bundled demo photos and the first `n_scenes` held-out scenes."""
     from .data.photos import list_photos, load_photo

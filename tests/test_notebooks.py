@@ -168,3 +168,14 @@ def test_ci_profile_run_writes_every_figure(stem, tmp_path, monkeypatch):
     images = sum("image/png" in o.get("data", {}) for o in outputs)
     assert images >= len(list(out.glob("*.png"))), f"{stem}: {images} figures shown inline for {len(list(out.glob('*.png')))} saved"
     assert not any("<Figure size" in str(o.get("data", {}).get("text/plain", "")) for o in outputs), "a Figure repr was printed"
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_analysis_notebooks_define_no_functions_or_classes(stem):
+    """Logic lives in the package (with unit tests); a notebook only calls it."""
+    for cell in _read(stem).cells:
+        if cell.cell_type != "code":
+            continue
+        tree = ast.parse("\n".join(line for line in cell.source.splitlines() if not line.startswith("%")))
+        defined = [node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+        assert not defined, f"{stem} defines {defined}: move them into cl_explain with a unit test"

@@ -112,3 +112,15 @@ def test_too_few_methods_give_empty_tables_with_their_columns():
     agreement = rank_agreement(results, "simclr-v2-r50-2x", n_boot=10)
     assert agreement.empty and "spearman" in agreement.columns
     assert list(side_by_side(pd.DataFrame({"model": [], "method": []})).columns)[:4] == ["model", "method", "metric", "ours"]
+
+
+def test_read_correlations_signs_by_the_metrics_direction():
+    from cl_explain.analysis import read_correlations
+
+    table = pd.DataFrame({"method": ["a", "a", "a"], "metric": ["deletion_simultaneous", "insertion_simultaneous",
+                                                                 "insertion_simultaneous"],
+                          "r": [-0.9, -0.9, 0.2], "ci_low": [-0.99, -0.99, -0.5], "ci_high": [-0.5, -0.5, 0.7]})
+    read = read_correlations(table)
+    assert list(read.aligned) == [0.9, -0.9, 0.2]  # lower deletion with better accuracy is the good direction
+    assert list(read.reading) == ["better explanations with better accuracy", "worse explanations with better accuracy",
+                                  "the interval includes 0: no clear relation"]

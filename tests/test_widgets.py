@@ -211,3 +211,16 @@ def test_explorer_first_map_is_explain_at_default_parameters(name):
         assert torch.equal(app.last.map1, direct.map1), f"{name} {method}: the explorer's map is not explain's"
         assert float(direct.map1.std()) > 1e-3 * float(direct.map1.abs().max()), f"{name} {method}: flat map"
         plt.close("all")
+
+
+def test_strength_sweep_is_one_at_strength_zero_and_falls_with_strength():
+    import cl_explain as cle
+    from cl_explain.widgets import demo_images, strength_sweep
+
+    model = cle.load_model("embedded-simclr")
+    images = demo_images(32, n_scenes=2, photos=False)
+    rows = strength_sweep(model, images, 32, strengths=(0.0, 1.0), seeds=3)
+    assert len(rows) == 2 * 2 * 3
+    assert rows[rows.strength == 0.0].similarity.between(1 - 1e-5, 1 + 1e-5).all()
+    mean = rows.groupby("strength").similarity.mean()
+    assert mean[1.0] < mean[0.0]

@@ -16,12 +16,13 @@ from .summaries import (
     metric_tables,
     paired_difference,
     per_model_means,
+    read_correlations,
     scored_on,
 )
 from .verdicts import CLAIMS, Claim, Comparison, claim_verdicts, paired_verdict
 
 __all__ = [
     "CORRELATIONS", "bootstrap_correlation", "correlation_table", "inversion_errors", "method_ranks", "metric_tables", "scored_on",
-    "paired_difference", "per_model_means", "CLAIMS", "Claim", "Comparison", "claim_verdicts", "paired_verdict",
+    "paired_difference", "per_model_means", "read_correlations", "CLAIMS", "Claim", "Comparison", "claim_verdicts", "paired_verdict",
     "PUBLISHED", "PUBLISHED_SOURCE", "published_table", "rank_agreement", "side_by_side",
 ]

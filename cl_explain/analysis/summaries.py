@@ -110,6 +110,20 @@ def correlation_table(
     return pd.DataFrame(rows)
 
 
+def read_correlations(table: pd.DataFrame) -> pd.DataFrame:
+    """`correlation_table` output plus `aligned` (r signed so that > 0 means better explanations go with
+    better accuracy, whatever the metric's direction) and `reading` (what the interval says in words)."""
+    from ..metrics import METRICS
+
+    sign = table["metric"].map(lambda m: 1 if METRICS[m].higher_is_better else -1)
+    out = table.assign(aligned=table["r"] * sign)
+    decided = (out["ci_low"] > 0) | (out["ci_high"] < 0)
+    out["reading"] = np.where(~decided, "the interval includes 0: no clear relation",
+                              np.where(out["aligned"] > 0, "better explanations with better accuracy",
+                                       "worse explanations with better accuracy"))
+    return out
+
+
 def per_model_means(df: pd.DataFrame) -> pd.DataFrame:
     """Mean value per (model, method, metric) with the number of pairs."""
     _check_columns(df, {"model", "method", "metric", "value"})
