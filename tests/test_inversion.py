@@ -197,3 +197,25 @@ def test_feature_visualisation_raises_the_feature_norm():
         visualize_features(model, 16, "feature", target=base)
     with pytest.raises(ValueError, match="objective"):
         visualize_features(model, 16, "logit")
+
+
+#: Largest relative feature error ||Phi(x) - Phi(x0)|| / ||Phi(x0)|| accepted from the default inversion
+#: (201 iterations) of an embedded model; measured 0.11-0.32 over the three depths and both models,
+#: while the paper's SGD left the supervised model at 1.6-3.0 (not converged).
+INVERSION_ERROR_LIMIT = 0.4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["embedded-supervised", "embedded-simclr"])
+def test_default_inversion_converges_on_the_embedded_models(name):
+    import cl_explain as cle
+    from cl_explain.data.scenes import scene_pairs
+
+    model = cle.load_model(name)
+    image = scene_pairs(1, split="test", seed=0)[0].x1
+    for depth in ("stem", "layer1", "layer2"):
+        inverted = invert_features(model, image, depth)
+        assert relative_error(model, inverted, image, depth) < INVERSION_ERROR_LIMIT, depth
+    paper = invert_features(model, image, "stem", optimizer="paper-sgd", iterations=41)
+    if name == "embedded-supervised":  # the failure this test guards against
+        assert relative_error(model, paper, image, "stem") > INVERSION_ERROR_LIMIT
