@@ -82,6 +82,12 @@ class MethodSpec:
     description: str = ""
     choices: dict[str, tuple] = field(default_factory=dict)
     partner: Callable[[torch.Tensor, dict[str, Any]], torch.Tensor] | None = None
+    #: The method reads tokens or attention: it needs a Vision Transformer (model.is_vit).
+    vit_only: bool = False
+
+    def applies_to(self, model: SimilarityModel) -> bool:
+        """Whether the method can explain `model` (ViT-only methods need a ViT)."""
+        return not self.vit_only or bool(getattr(model, "is_vit", False))
 
     @property
     def scored_pair(self) -> str:
@@ -104,11 +110,12 @@ def register_method(
     sensitivity: bool = True,
     choices: dict[str, tuple] | None = None,
     partner: Callable[[torch.Tensor, dict[str, Any]], torch.Tensor] | None = None,
+    vit_only: bool = False,
 ) -> Callable:
     """Decorator: register `fn(model, x1, x2, **params) -> (map1, map2 or None)` under `name`.
 
     `partner(x1, params)` builds the second image when the caller gives none (the method then explains
-    the pair (x1, partner), and the metrics score that pair).
+    the pair (x1, partner), and the metrics score that pair). `vit_only` methods need a ViT model.
     """
 
     def decorate(fn: Callable) -> Callable:
@@ -124,6 +131,7 @@ def register_method(
             description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
             choices=dict(choices or {}),
             partner=partner,
+            vit_only=vit_only,
         )
         return fn
 
@@ -212,6 +220,12 @@ def explain(
             f"model must be a cl_explain.SimilarityModel, got {type(model).__name__}; "
             "wrap your network with SimilarityModel(backbone, head, normalize)"
         )
+    if not spec.applies_to(model):
+        raise ValueError(
+            f"method {method!r} reads patch tokens or attention, so it needs a Vision Transformer, but "
+            f"{model.name!r} is not one; load a ViT (e.g. load_model('dino-vits16', checkpoint=...)) or pick "
+            "a method that works on any model (occlusion, gradcam, interaction_cam, ...)"
+        )
     check_image(x1, "x1")
     if x2 is not None:
         check_image(x2, "x2")
@@ -256,4 +270,4 @@ def explain(
 
 def _load_all_methods() -> None:
     """Import the method modules so their @register_method decorators run."""
-    from . import cam, gradients, invariance, occlusion  # noqa: F401
+    from . import cam, gradients, invariance, occlusion, rollout, token_occlusion  # noqa: F401

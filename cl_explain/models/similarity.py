@@ -22,6 +22,9 @@ class SimilarityModel(nn.Module):
     eval mode (BatchNorm running statistics): calling `.train()` raises.
     """
 
+    #: True for Vision Transformers (cl_explain.models.vit), which ViT-only methods require.
+    is_vit: bool = False
+
     def __init__(
         self,
         backbone: nn.Module,
