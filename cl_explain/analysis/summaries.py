@@ -183,11 +183,12 @@ def inversion_errors(models: Mapping[str, "SimilarityModel"], image, grid: Mappi
 def scored_on(label: str, method_params: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     """Which pair a result row was scored on: "x1, x2" (the pair), "x1, T(x1)" (Averaged Transforms
     builds its own aligned partner) or "x1 only" (Pixel Invariance explains one image); "" for the
-    random baselines. `method_params` maps labels to explain parameters ({"method": name} for variants)."""
-    from ..explainers import get_method
+    random baselines and explanations made outside the registry. `method_params` maps labels to explain
+    parameters ({"method": name} for variants)."""
+    from ..explainers import get_method, list_methods
 
     name = dict((method_params or {}).get(label, {})).get("method", label)
-    return "" if name == "random" else get_method(name).scored_pair
+    return get_method(name).scored_pair if name in list_methods() else ""
 
 
 def method_ranks(means: pd.DataFrame, model: str) -> pd.DataFrame:
