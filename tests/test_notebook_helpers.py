@@ -168,7 +168,8 @@ def test_metric_tables_format_and_means():
             for metric in ("deletion_simultaneous", "deletion_conditional", "deletion_conditional_1")]
     rows.append({"model": "m", "pair_id": 0, "method": "a", "metric": "max_sensitivity", "value": 1.0})
     formatted, means = metric_tables(pd.DataFrame(rows), ["deletion_simultaneous", "max_sensitivity"], n_boot=50)
-    assert list(formatted.columns) == ["model", "method", "SD ↓", "MS ↓"]
+    assert list(formatted.columns) == ["model", "method", "scored on", "SD ↓", "MS ↓"]
+    assert set(formatted["scored on"]) == {""}  # hand-made labels: no registered method to describe
     assert formatted.loc[1, "MS ↓"] == "NA"
     assert formatted.loc[0, "SD ↓"].startswith("0.300 [")
     assert means.loc[0, "deletion_simultaneous"] == pytest.approx(0.3)

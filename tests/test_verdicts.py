@@ -124,3 +124,13 @@ def test_read_correlations_signs_by_the_metrics_direction():
     assert list(read.aligned) == [0.9, -0.9, 0.2]  # lower deletion with better accuracy is the good direction
     assert list(read.reading) == ["better explanations with better accuracy", "worse explanations with better accuracy",
                                   "the interval includes 0: no clear relation"]
+
+
+def test_scored_on_names_the_pair_each_method_scores():
+    from cl_explain.analysis import scored_on
+
+    assert scored_on("gradcam") == "x1, x2"
+    assert scored_on("averaged_transforms") == "x1, T(x1)"
+    assert scored_on("pixel_invariance") == "x1 only"
+    assert scored_on("avgt_noise", {"avgt_noise": {"method": "averaged_transforms", "noise": True}}) == "x1, T(x1)"
+    assert scored_on("random_grid", {"random_grid": {"method": "random", "cells": 8}}) == ""
