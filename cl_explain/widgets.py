@@ -17,6 +17,7 @@ from torchvision.transforms.v2 import functional as TF
 from .data.transforms import SIMCLR_RECIPE, _coin, as_batch, photometric, pure_view, sample_crop
 from .explainers import explain, get_method, list_methods
 from .models.similarity import SimilarityModel
+from .utils import cpu_generator
 
 #: Parameters every method has that the explorer does not expose (they do not change the map's meaning).
 HIDDEN_PARAMS = ("batch_size", "precision", "blur")
@@ -34,7 +35,7 @@ def strength_view(image: torch.Tensor, size: int, seed: int, strength: float = 1
         raise ValueError(f"strength must be in [0, 1], got {strength}")
     image = as_batch(image)
     recipe = SIMCLR_RECIPE
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = cpu_generator(int(seed))
     low = 1 - strength * (1 - recipe["crop_scale"][0])
     crop = sample_crop(image.shape[-2], image.shape[-1], generator, (low, 1.0), recipe["crop_ratio"])
     view = TF.resized_crop(image, *crop, [size, size], antialias=True).clamp(0, 1)
