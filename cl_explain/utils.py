@@ -53,12 +53,17 @@ def batch_from_memory(free_bytes: float, per_image_bytes: float, share: float = 
     return max(1, min(limit, int(free_bytes * share // per_image_bytes)))
 
 
+def check_batch_size(batch_size: int | str) -> int | str:
+    """A positive int or "auto", else a ValueError naming both."""
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+    return batch_size
+
+
 def resolve_batch_size(batch_size: int | str, model, image: torch.Tensor, default: int, backward: bool = False) -> int:
     """`batch_size` as an int: "auto" is chosen from the free memory on a CUDA device (one probe pass of
     8 copies of `image`, with a backward pass when `backward`) and is `default` on any other device."""
-    if batch_size != "auto":
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+    if check_batch_size(batch_size) != "auto":
         return batch_size
     device = model.device
     if device.type != "cuda":

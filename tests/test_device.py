@@ -15,7 +15,7 @@ from cl_explain import explain, list_methods
 from cl_explain.explainers.base import get_method
 from cl_explain.metrics import PAPER_METRICS, evaluate_pair, random_explanation
 from cl_explain.models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel
-from cl_explain.utils import cpu_generator
+from cl_explain.utils import batch_from_memory, cpu_generator, resolve_batch_size
 
 SIDE = 24
 #: Small settings that keep every registered method to well under a second on this tiny model.
@@ -157,3 +157,43 @@ def test_cpu_generator_matches_the_documented_rule():
     generator = cpu_generator(3)
     assert generator.device == torch.device("cpu")
     assert torch.equal(torch.rand(4, generator=generator), torch.rand(4, generator=torch.Generator().manual_seed(3)))
+
+
+# ------------------------------------------------------------------------------- batch_size="auto"
+
+
+def test_batch_from_memory_fills_the_share_and_stays_in_bounds():
+    assert batch_from_memory(8e9, 1e8) == 40  # half of 8 GB at 100 MB an image
+    assert batch_from_memory(8e9, 1e8, share=0.25) == 20
+    assert batch_from_memory(1e12, 1e6) == 1024 and batch_from_memory(1e6, 1e9) == 1
+    assert batch_from_memory(1e9, 0) == 1024
+
+
+def test_auto_batch_size_is_the_default_off_the_gpu():
+    model, (x1, x2) = tiny_model(), tiny_pair()
+    for method in ("occlusion", "smoothgrad"):
+        auto = explain(model, x1, x2, method, batch_size="auto", **FAST.get(method, {}))
+        plain = explain(model, x1, x2, method, **FAST.get(method, {}))
+        assert auto.params["batch_size"] == plain.params["batch_size"]
+        assert all(torch.equal(a, b) for a, b in zip(auto.maps, plain.maps))
+    with pytest.raises(ValueError, match="positive integer or 'auto'"):
+        explain(model, x1, x2, "occlusion", batch_size="large")
+
+
+def test_auto_batch_size_on_a_gpu_comes_from_a_probe_pass(monkeypatch):
+    """The CUDA branch with its memory queries stubbed: 8 probe images that peak at 8 MB, 1 GB free."""
+    import cl_explain.utils as utils
+
+    model, (x1, _) = tiny_model(), tiny_pair()
+    monkeypatch.setattr(SimilarityModel, "device", property(lambda self: torch.device("cuda")))
+    monkeypatch.setattr(utils, "to_device", lambda tensor, device, dtype=None: tensor)
+    probed = []
+    stubs = {"synchronize": lambda device=None: None, "reset_peak_memory_stats": lambda device=None: None,
+             "memory_allocated": lambda device=None: 1_000_000, "max_memory_allocated": lambda device=None: 9_000_000,
+             "mem_get_info": lambda device=None: (1e9, 2e9)}
+    for name, stub in stubs.items():
+        monkeypatch.setattr(torch.cuda, name, stub)
+    model.backbone.register_forward_hook(lambda module, inputs, output: probed.append(inputs[0].shape[0]))
+    assert resolve_batch_size("auto", model, x1, default=64) == 500  # 0.5 * 1 GB / (8 MB / 8 images)
+    assert probed == [8]
+    assert resolve_batch_size(12, model, x1, default=64) == 12

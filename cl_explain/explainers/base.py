@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..models.similarity import SimilarityModel
 from ..precision import PRECISIONS, bf16_supported, precision_context  # noqa: F401 (re-exported)
-from ..utils import check_image, resolve_batch_size, scale_batch, scale_kernel, scale_length, scale_sigma
+from ..utils import check_batch_size, check_image, resolve_batch_size, scale_batch, scale_kernel, scale_length, scale_sigma
 
 #: Parameters every method accepts (where they apply), with their defaults.
 COMMON_PARAMS: dict[str, Any] = {"batch_size": 64, "blur": False, "precision": "fp32"}
@@ -156,9 +156,7 @@ def resolve_params(spec: MethodSpec, side: int, params: dict[str, Any]) -> dict[
     for key, options in {**spec.choices, "precision": PRECISIONS}.items():
         if resolved[key] not in options:
             raise ValueError(f"{spec.name}: {key}={resolved[key]!r} is not one of {options}")
-    batch = resolved["batch_size"]
-    if batch != "auto" and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch!r}")
+    check_batch_size(resolved["batch_size"])
     return resolved
 
 

@@ -38,7 +38,7 @@ from ..data.pairs import Pair
 from ..explainers.base import PairExplanation, explain, get_method, resize_map
 from ..models.similarity import SimilarityModel
 from ..precision import PRECISIONS
-from ..utils import check_image, resolve_batch_size, source_digest, write_text_atomic
+from ..utils import check_batch_size, check_image, resolve_batch_size, source_digest, write_text_atomic
 from .common import MetricNotApplicable
 from .drop import drop_increase_many
 from .grounding import check_mask, energy_pointing_game, pointing_game
@@ -131,9 +131,7 @@ def _check_options(params: Mapping[str, Any]) -> dict[str, Any]:
     options = {**DEFAULT_OPTIONS, **params}
     if options["precision"] not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {options['precision']!r}")
-    batch = options["batch_size"]
-    if batch != "auto" and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch!r}")
+    check_batch_size(options["batch_size"])
     return options
 
 
