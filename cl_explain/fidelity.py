@@ -2,7 +2,8 @@
 
 Every method explains the same pairs in fp32 and in bf16 (bf16 as the policy runs it: the backbone in
 bfloat16, the rest in float32); a row keeps the smallest Spearman rank correlation between a bf16
-map and its fp32 map. Every perturbation metric scores the same fp32 explanation in fp32 and bf16;
+map and its fp32 map, and the largest change of an insertion/deletion AUC (scored in fp32) when the
+bf16 map replaces the fp32 one. Every perturbation metric scores the same fp32 explanation in fp32 and bf16;
 a row keeps the largest absolute difference of its values (AUCs for insertion/deletion, the average
 drop for drop/increase, plus how many increase indicators flipped). Methods and metrics the policy
 refuses are measured too (inside `measuring_bf16`), so the table shows why they refuse.
@@ -60,18 +61,28 @@ def _explain_both(model: SimilarityModel, pair: Pair, method: str, params: dict[
     return fp32, bf16
 
 
-def method_rows(model: SimilarityModel, pairs: Sequence[Pair], methods: dict[str, dict[str, Any]]) -> list[FidelityRow]:
-    """One row per method of `methods` (name -> explain parameters) over all `pairs`."""
+#: The AUCs a method row compares (the fp32 and the bf16 map, both scored in fp32).
+AUC_METRICS = ("insertion_simultaneous", "insertion_conditional", "deletion_simultaneous", "deletion_conditional")
+
+
+def method_rows(
+    model: SimilarityModel, pairs: Sequence[Pair], methods: dict[str, dict[str, Any]], **metric_options: Any
+) -> list[FidelityRow]:
+    """One row per method of `methods` (name -> explain parameters) over all `pairs`; `metric_options`
+    (e.g. step) go to the fp32 insertion/deletion scoring of both maps."""
     rows = []
     for method, params in methods.items():
-        correlations, seconds = [], [0.0, 0.0]
+        correlations, differences, seconds = [], [], [0.0, 0.0]
         for pair in pairs:
             fp32, bf16 = _explain_both(model, pair, method, params)
             seconds[0] += fp32.seconds
             seconds[1] += bf16.seconds
             correlations += [rank_correlation(a, b) for a, b in zip(fp32.maps, bf16.maps)]
+            ref, out = (evaluate_pair(model, pair.x1, pair.x2, e, metrics=list(AUC_METRICS), on_not_applicable="skip",
+                                      **metric_options) for e in (fp32, bf16))
+            differences += [abs(ref[key] - out[key]) for key in ref]
         rows.append(FidelityRow(method, "method", method in BF16_ACCEPTED, spearman=min(correlations),
-                                seconds_fp32=seconds[0], seconds_bf16=seconds[1]))
+                                difference=max(differences), seconds_fp32=seconds[0], seconds_bf16=seconds[1]))
     return rows
 
 
@@ -107,7 +118,7 @@ def metric_rows(
 
 def table(rows: Sequence[FidelityRow]) -> str:
     """The rows as a markdown table."""
-    header = ["method / metric family", "bf16 policy", "min Spearman to fp32", "max |difference| to fp32",
+    header = ["method / metric family", "bf16 policy", "min Spearman to fp32", "max |AUC or value difference|",
               "fp32 time / bf16 time"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]

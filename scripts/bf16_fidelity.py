@@ -7,6 +7,8 @@ slower than fp32 but numerically the same bfloat16, which is all a fidelity meas
 only). Prints one markdown table per model and writes the raw rows as JSON.
 
     python scripts/bf16_fidelity.py --models embedded,resnet50 --output build/bf16_fidelity.json
+    python scripts/bf16_fidelity.py --models resnet50-224 --methods gradcam,interaction_cam --no-metrics
+    python scripts/bf16_fidelity.py --models embedded --pairs 30 --methods ''
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ def build(model_name: str, pairs: int, size: int, device: str):
 
 
 def measure(model_name: str, device: str = "cpu", pairs: int | None = None,
-            methods: tuple[str, ...] = METHODS, log=print) -> dict[str, Any]:
+            methods: tuple[str, ...] = METHODS, metrics: bool = True, log=print) -> dict[str, Any]:
     """Fidelity rows of one model: {"title", "rows", "markdown", "seconds"}."""
     import torch
 
@@ -71,9 +73,10 @@ def measure(model_name: str, device: str = "cpu", pairs: int | None = None,
     start = time.perf_counter()
     rows = []
     for method in methods:
-        rows += fidelity.method_rows(model, pair_list, {method: settings["methods"].get(method, {})})
-        log(f"  {model_name} {method}: Spearman {rows[-1].spearman:.4f} ({time.perf_counter() - start:.0f} s)")
-    for row in fidelity.metric_rows(model, pair_list, **settings["metrics"]):
+        rows += fidelity.method_rows(model, pair_list, {method: settings["methods"].get(method, {})}, **settings["metrics"])
+        log(f"  {model_name} {method}: Spearman {rows[-1].spearman:.4f}, AUC difference {rows[-1].difference:.4f} "
+            f"({time.perf_counter() - start:.0f} s)")
+    for row in fidelity.metric_rows(model, pair_list, **settings["metrics"]) if metrics else []:
         rows.append(row)
         log(f"  {model_name} {row.name}: max difference {row.difference} ({time.perf_counter() - start:.0f} s)")
     title = f"{TITLES[model_name]}, {len(pair_list)} pairs, {device}"
@@ -86,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="embedded,resnet50", help="comma-separated: embedded, resnet50, resnet50-224")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--pairs", type=int, default=None, help="override the number of pairs per model")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated method names")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated method names ('' for none)")
+    parser.add_argument("--no-metrics", action="store_true", help="measure the methods only")
     parser.add_argument("--output", default="build/bf16_fidelity.json", help="JSON file for the raw rows")
     args = parser.parse_args(argv)
     import torch
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {"torch": torch.__version__, "device": args.device, "models": {}}
     for name in args.models.split(","):
-        results["models"][name] = measure(name, args.device, args.pairs, tuple(args.methods.split(",")),
+        methods = tuple(m for m in args.methods.split(",") if m)
+        results["models"][name] = measure(name, args.device, args.pairs, methods, not args.no_metrics,
                                           log=lambda text: print(text, file=sys.stderr, flush=True))
         print(f"\n{results['models'][name]['title']}\n\n{results['models'][name]['markdown']}\n", flush=True)
     write_text_atomic(Path(args.output), json.dumps(results, indent=1))
