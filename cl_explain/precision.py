@@ -41,6 +41,12 @@ BF16_ACCEPTED: dict[str, str] = {
 #: Why the others refuse it: the measured fidelity under the backbone-only bf16 above (scripts/bf16_fidelity.py:
 #: embedded default on 10 scene pairs at 64 px, 30 for the metrics; random-weight ResNet-50 on 2 photo pairs at
 #: 112 px). A method's "AUCs" are its maps' insertion/deletion AUCs, scored in fp32, bf16 map against fp32 map.
+#: Methods refused in bf16 because their fidelity has not been measured yet (the ViT-only methods).
+BF16_UNMEASURED: dict[str, str] = {
+    "token_occlusion": "its bf16 fidelity on Vision Transformers has not been measured yet",
+    "attention_rollout": "its bf16 fidelity on Vision Transformers has not been measured yet",
+}
+
 BF16_REFUSED: dict[str, str] = {
     "occlusion": "its map is a difference of two nearly equal similarities, which bf16 features move as much as "
                  "a window does (min Spearman 0.983 on a random-weight ResNet-50, 0.998 on the embedded default)",
@@ -98,7 +104,7 @@ def bf16_refusal(name: str | None) -> str | None:
     """Why method or metric family `name` refuses bf16, or None when it accepts it (None: no name, no rule)."""
     if name is None or name in BF16_ACCEPTED:
         return None
-    return BF16_REFUSED.get(name, "no bf16 fidelity has been measured for it")
+    return BF16_REFUSED.get(name, BF16_UNMEASURED.get(name, "no bf16 fidelity has been measured for it"))
 
 
 def check_precision(precision: str, device: torch.device | str, name: str | None = None) -> None:

@@ -51,6 +51,8 @@ PARAM_HELP = {
     "surrogate_side": "side in pixels of the images the linear surrogate sees (the map's resolution)",
     "nmf_components": "number of NMF components (with nmf on)",
     "erasures": "number of random rectangle pairs erased",
+    "variant": "conditional: remove the window's patch tokens; context_agnostic: the window's own contribution",
+    "head_fusion": "how each block's attention heads are combined before rolling out: mean, max or min",
 }
 
 #: Tooltip of each of the explorer's own controls.

@@ -14,7 +14,7 @@ from cl_explain.bench import rank_correlation
 from cl_explain.data.scenes import scene_pairs
 from cl_explain.explainers.base import get_method
 from cl_explain.metrics import evaluate_pair
-from cl_explain.precision import BF16_ACCEPTED, BF16_REFUSED, bf16_supported
+from cl_explain.precision import BF16_ACCEPTED, BF16_REFUSED, BF16_UNMEASURED, bf16_supported
 
 from test_device import FAST, PACKAGE_METHODS, tiny_model, tiny_pair
 
@@ -44,7 +44,8 @@ def test_native_bf16_means_the_bf16_instructions(monkeypatch):
 
 def test_every_method_and_metric_family_has_a_verdict():
     names = [*PACKAGE_METHODS, *FAMILIES]
-    assert sorted(set(BF16_ACCEPTED) | set(BF16_REFUSED)) == sorted(names)
+    assert sorted(set(BF16_ACCEPTED) | set(BF16_REFUSED) | set(BF16_UNMEASURED)) == sorted(names)
+    assert not set(BF16_UNMEASURED) & (set(BF16_ACCEPTED) | set(BF16_REFUSED))
     assert not set(BF16_ACCEPTED) & set(BF16_REFUSED)
     for name, reason in BF16_REFUSED.items():
         assert re.search(r"\d\.\d{2}", reason), f"{name}: a refusal states the measured fidelity"
