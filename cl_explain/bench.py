@@ -31,9 +31,11 @@ import torch
 from torch import nn
 
 from .data.pairs import Pair
-from .explainers.base import bf16_supported, explain, get_method, precision_context
+from .explainers.base import explain, get_method
 from .metrics import METRICS, MetricNotApplicable, evaluate_pair, evaluate_pairs
 from .models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel, cosine
+from .precision import bf16_status, precision_context  # noqa: F401 (bf16_status re-exported)
+from .utils import synchronize
 
 #: Metrics whose value is an insertion/deletion AUC (compared between precisions to within 0.01).
 AUC_METRICS = ("insertion_simultaneous", "deletion_simultaneous", "insertion_conditional", "deletion_conditional")
@@ -149,7 +151,7 @@ def measure_throughput(
 
     def one(index: int) -> None:
         x = _cycled_batch(images, index, batch_size)
-        with precision_context(precision, model.device):
+        with precision_context(precision, model):
             if not backward:
                 with torch.no_grad():
                     model.embed(x)
@@ -162,9 +164,11 @@ def measure_throughput(
 
     for i in range(warmup):
         one(i)
+    synchronize(model.device)  # on a GPU, time the queued work, not its launch
     start = time.perf_counter()
     for i in range(batches):
         one(warmup + i)
+    synchronize(model.device)
     return batches * batch_size / (time.perf_counter() - start)
 
 
@@ -204,19 +208,6 @@ def max_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
-def bf16_status(device: torch.device | str = "cpu") -> tuple[bool, str]:
-    """(supported, reason): whether bf16 runs natively here; the reason names what is missing."""
-    device = torch.device(device)
-    if bf16_supported(device):
-        return True, f"native bfloat16 on this {device.type}"
-    if device.type == "cuda":
-        return False, "unsupported on this GPU (torch.cuda.is_bf16_supported() is False)"
-    return False, (
-        f"unsupported on this CPU (no AVX512-BF16/AMX: torch.ops.mkldnn._is_mkldnn_bf16_supported() is False, "
-        f"CPU capability {torch.backends.cpu.get_cpu_capability()}; emulated bf16 would be far slower than fp32)"
-    )
 
 
 # ---------------------------------------------------------------------------------- timed runs
@@ -266,6 +257,7 @@ def run_method(
     seconds, counts, outputs = [], [], []
     for pair in pairs:
         with count_passes(model) as count:
+            synchronize(model.device)
             start = time.perf_counter()
             result = explain(model, pair.x1, pair.x2 if spec.needs_pair else None, method,
                              batch_size=batch_size, precision=precision, **(params or {}))
@@ -298,6 +290,7 @@ def run_metric(
     if METRICS[metric].family == "grounding" and any(not pair.has_masks for pair in pairs):
         return Run(metric, [], [], [], not_applicable=f"{metric} needs object masks; these pairs have none")
     with count_passes(model) as count:
+        synchronize(model.device)
         start = time.perf_counter()
         values = evaluate_pairs(model, pairs, explanations, [metric], on_not_applicable="skip",
                                 batch_size=batch_size, precision=precision, **(options or {}))

@@ -26,7 +26,7 @@ from torch import nn
 
 from .models.backbones import StagedBackbone
 from .models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel, cosine
-from .utils import repo_root
+from .utils import cpu_generator, repo_root
 
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 SOLUTION_TAG = "solution"
@@ -62,7 +62,7 @@ def tiny_model(seed: int = 0) -> SimilarityModel:
 
 def tiny_pair(seed: int = 0, side: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
     """Two seeded random images 1x3xside x side in [0, 1]."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = cpu_generator(seed)
     return torch.rand(1, 3, side, side, generator=generator), torch.rand(1, 3, side, side, generator=generator)
 
 
@@ -172,7 +172,7 @@ def _check_occlusion(function: Callable) -> tuple[bool, str, float | None]:
 def _check_joint_weight(function: Callable) -> tuple[bool, str, float | None]:
     from .explainers import cam
 
-    generator = torch.Generator().manual_seed(1)
+    generator = cpu_generator(1)
     f1 = torch.rand(1, 5, 4, 3, generator=generator) * 2
     f2 = torch.rand(1, 5, 4, 3, generator=generator) * 2
     worst = 0.0
@@ -218,7 +218,7 @@ def _check_deletion_auc(function: Callable) -> tuple[bool, str, float | None]:
 
     model = tiny_model()
     x1, x2 = tiny_pair(seed=2, side=16)
-    generator = torch.Generator().manual_seed(3)
+    generator = cpu_generator(3)
     map1, map2 = torch.rand(16, 16, generator=generator), torch.rand(16, 16, generator=generator)
     step = 16
     curve = simultaneous_curve(model, x1, x2, map1, map2, "deletion", step=step)

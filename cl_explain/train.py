@@ -33,7 +33,7 @@ from .models.embedded import (
 )
 from .models.checkpoint_io import read_checkpoint, sha256_of
 from .models.similarity import SimilarityModel
-from .utils import write_text_atomic
+from .utils import cpu_generator, write_text_atomic
 
 __all__ = [
     "TrainConfig", "DEFAULT_CONFIGS", "nt_xent", "barlow_twins_loss", "simsiam_loss", "train",
@@ -140,7 +140,7 @@ def view_bank(scenes: SceneSet, size: int, seed: int, epoch: int, n_views: int =
     """
     bank = torch.empty(len(scenes), n_views, 3, size, size, dtype=torch.uint8)
     for i in range(len(scenes)):
-        generator = torch.Generator().manual_seed(((seed * 1009 + epoch) * 100_003 + i) % 2**63)
+        generator = cpu_generator(((seed * 1009 + epoch) * 100_003 + i) % 2**63)
         image = scenes.image(i)
         for v in range(n_views):
             bank[i, v] = torch.round(simclr_view(image, size, generator)[0][0] * 255).to(torch.uint8)
@@ -316,7 +316,7 @@ def train(config: TrainConfig, scenes: SceneSet | None = None, banks: dict | Non
         if config.max_steps is not None:
             total = min(total, config.max_steps)
         optimizer, schedule = _optimizer(config, backbone, head, total)
-        shuffler = torch.Generator().manual_seed(config.seed)
+        shuffler = cpu_generator(config.seed)
         cfg = asdict(config)
         name = f"embedded-{config.objective}"
         snapshots = {}

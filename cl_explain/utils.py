@@ -20,7 +20,75 @@ def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+    return cpu_generator(seed)
+
+
+def cpu_generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with `seed`: the source of every random number of the methods and metrics.
+
+    The seed rule: numbers are drawn on the CPU and the tensors moved to the model's device afterwards,
+    so a seed gives the same erasures, noise and augmentations (and so the same map) on any device;
+    a CUDA generator with the same seed draws different numbers.
+    """
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`tensor` on `device` (as `dtype`). A CPU tensor bound for a GPU goes through pinned memory without
+    blocking, so a loop that draws or builds its batches on the CPU does not wait for the GPU each time."""
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device=device, dtype=dtype, non_blocking=True)
+    return tensor.to(device=device, dtype=dtype)
+
+
+#: Largest batch "auto" picks, and the share of free GPU memory it may fill.
+AUTO_BATCH_LIMIT, AUTO_MEMORY_SHARE = 1024, 0.5
+
+
+def batch_from_memory(free_bytes: float, per_image_bytes: float, share: float = AUTO_MEMORY_SHARE,
+                      limit: int = AUTO_BATCH_LIMIT) -> int:
+    """The batch size whose images take `share` of `free_bytes` at `per_image_bytes` each (1 to `limit`)."""
+    if per_image_bytes <= 0:
+        return limit
+    return max(1, min(limit, int(free_bytes * share // per_image_bytes)))
+
+
+def check_batch_size(batch_size: int | str) -> int | str:
+    """A positive int or "auto", else a ValueError naming both."""
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+    return batch_size
+
+
+def resolve_batch_size(batch_size: int | str, model, image: torch.Tensor, default: int, backward: bool = False) -> int:
+    """`batch_size` as an int: "auto" is chosen from the free memory on a CUDA device (one probe pass of
+    8 copies of `image`, with a backward pass when `backward`) and is `default` on any other device."""
+    if check_batch_size(batch_size) != "auto":
+        return batch_size
+    device = model.device
+    if device.type != "cuda":
+        return default
+    probe = to_device(image[:1], device).expand(8, -1, -1, -1).contiguous()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    if backward:
+        with torch.enable_grad():
+            probe.requires_grad_(True)
+            torch.autograd.grad(model.embed(probe).float().sum(), probe)
+    else:
+        with torch.no_grad():
+            model.embed(probe)
+    per_image = (torch.cuda.max_memory_allocated(device) - before) / len(probe)
+    return batch_from_memory(torch.cuda.mem_get_info(device)[0], per_image)
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the work queued on a CUDA `device` (for timing); nothing on other devices."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def repo_root(start: str | os.PathLike | None = None) -> Path:

@@ -25,6 +25,7 @@ from .data.transforms import (
 from .explainers import explain, get_method, list_methods
 from .explainers.base import resolve_params
 from .models.similarity import SimilarityModel
+from .utils import cpu_generator
 
 #: Parameters every method has that the explorer does not expose (they do not change the map's meaning).
 HIDDEN_PARAMS = ("batch_size", "precision", "blur")
@@ -50,6 +51,8 @@ PARAM_HELP = {
     "surrogate_side": "side in pixels of the images the linear surrogate sees (the map's resolution)",
     "nmf_components": "number of NMF components (with nmf on)",
     "erasures": "number of random rectangle pairs erased",
+    "variant": "conditional: remove the window's patch tokens; context_agnostic: the window's own contribution",
+    "head_fusion": "how each block's attention heads are combined before rolling out: mean, max or min",
 }
 
 #: Tooltip of each of the explorer's own controls.
@@ -79,7 +82,7 @@ def strength_view(image: torch.Tensor, size: int, seed: int, strength: float = 1
     if strength == 0:
         return pure_view(image, size)[0]
     recipe = SIMCLR_RECIPE
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = cpu_generator(int(seed))
     height, width = image.shape[-2:]
     sampled = sample_crop(height, width, generator, recipe["crop_scale"], recipe["crop_ratio"])
     top, left, box_h, box_w = (int(round(p + strength * (s - p)))

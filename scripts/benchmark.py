@@ -17,6 +17,9 @@ Settings: by default the ResNet-50 part uses a documented reduced grid / sample 
 raw numbers go next to it as JSON.
 
     python scripts/benchmark.py --output build/bench.md [--quick | --full] [--models resnet50,embedded]
+
+`--device cuda` runs every job on the GPU (pairs stay on the CPU; methods move them) and reports the
+same columns; without a CUDA device the script says so and exits with status 2.
 """
 from __future__ import annotations
 
@@ -167,9 +170,17 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     model, description = build_model(spec["model"])
+    model = model.to(spec.get("device", "cpu"))
     pairs = build_pairs(spec["model"], spec["pairs"])
     kind = spec["kind"]
     out: dict[str, Any] = {"model_description": description}
+    if spec["batch_size"] == "auto":  # from the free GPU memory (64 on a CPU), as explain(batch_size="auto")
+        from cl_explain.explainers.base import get_method
+        from cl_explain.utils import resolve_batch_size
+
+        backward = kind == "method" and get_method(spec["name"]).gradient_batches
+        spec = {**spec, "batch_size": resolve_batch_size("auto", model, pairs[0].x1, 64, backward)}
+        out["batch_size"] = spec["batch_size"]
     if kind == "throughput":
         images = bench.pair_images(pairs)
         forward_batches, train_batches = spec["batches"]
@@ -236,6 +247,10 @@ def _metrics_block(model, pairs, spec) -> dict[str, Any]:
     baseline = bench.max_rss_mb()
     rows = {}
     for metric in METRIC_NAMES:
+        refusal = _metric_refusal(metric) if spec["precision"] == "bf16" else None
+        if refusal:
+            rows[metric] = {"not_applicable": f"bf16 refused: {refusal}", "seconds": [], "counts": [], "values": []}
+            continue
         run = bench.run_metric(model, pairs, explanations, metric, spec["options"], batch_size=spec["batch_size"],
                                precision=spec["precision"])
         rows[metric] = {"not_applicable": run.not_applicable, "seconds": run.seconds, "pairs_per_call": run.pairs_per_call,
@@ -246,6 +261,17 @@ def _metrics_block(model, pairs, spec) -> dict[str, Any]:
     counts = [bench.PassCount.from_dict(c) for row in rows.values() for c in row["counts"]]
     return {"rows": rows, "baseline_rss_mb": baseline, "peak_rss_mb": peak, "throughput": reference,
             "batch_throughput": _batch_throughputs(model, pairs, spec, counts, reference)}
+
+
+def _metric_refusal(metric: str) -> str | None:
+    """Why the bf16 policy refuses `metric` (its family's rule; max-sensitivity follows the explained method)."""
+    from cl_explain.metrics import METRICS
+    from cl_explain.precision import bf16_refusal
+
+    family = METRICS[metric].family
+    if family == "grounding":
+        return None
+    return bf16_refusal(METRIC_EXPLANATION if family == "sensitivity" else family)
 
 
 def _evaluate_all(model, pairs, spec) -> dict[str, Any]:
@@ -306,14 +332,14 @@ class Bench:
 
         self.args = args
         self.profile = "full" if args.full else "quick" if args.quick else "reduced"
-        supported, reason = bf16_status("cpu")
+        supported, reason = bf16_status(args.device)
         self.bf16 = {"supported": supported, "reason": reason}
         self.precisions = [p for p in args.precisions.split(",") if p]
         self.results: dict[str, Any] = {
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "profile": self.profile,
             "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": args.threads or torch.get_num_threads(),
                         "capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
-                        "python": platform.python_version()},
+                        "python": platform.python_version(), "device": _device_name(args.device)},
             "bf16": self.bf16, "models": {},
         }
         self.maps_dir = Path(tempfile.mkdtemp(prefix="cl-bench-"))
@@ -330,6 +356,8 @@ class Bench:
         return result
 
     def run_model(self, model: str) -> None:
+        from cl_explain.precision import bf16_refusal
+
         profile = PROFILES[model][self.profile]
         pairs = self.args.photo_pairs if model == "resnet50" and self.args.photo_pairs else profile["pairs"]
         batch = self.args.batch_size or profile["batch_size"]
@@ -337,7 +365,7 @@ class Bench:
                                   "throughput": {}, "methods": {}, "metrics": {}, "memory": [], "settings": profile}
         self.results["models"][model] = record
         runnable = [p for p in self.precisions if p == "fp32" or self.bf16["supported"]]
-        base = {"model": model, "pairs": pairs, "batch_size": batch, "threads": self.args.threads,
+        base = {"model": model, "pairs": pairs, "batch_size": batch, "threads": self.args.threads, "device": self.args.device,
                 "row_throughput": profile["row_throughput"]}
 
         def throughput(when: str) -> None:
@@ -350,6 +378,11 @@ class Bench:
         for method in CNN_METHODS:
             params = profile["methods"].get(method, {})
             for precision in runnable:
+                refusal = bf16_refusal(method) if precision == "bf16" else None
+                if refusal:
+                    record["methods"].setdefault(method, {})[precision] = {"not_applicable": f"bf16 refused: {refusal}",
+                                                                           "settings": params}
+                    continue
                 maps = self.maps_dir / f"{model}-{method}-{precision}.pt"
                 result = self.job(kind="method", name=method, params=params, precision=precision,
                                   maps_out=str(maps), **base)
@@ -421,7 +454,7 @@ class Bench:
             if "fp32" not in runs or "bf16" not in runs or "error" in runs["fp32"] or "error" in runs["bf16"]:
                 continue
             fp32, bf16 = runs["fp32"], runs["bf16"]
-            if fp32.get("not_applicable"):
+            if fp32.get("not_applicable") or bf16.get("not_applicable"):
                 continue
             speedup = fp32["seconds_per_pair"] / bf16["seconds_per_pair"]
             outputs = (lambda r: torch.load(r["maps"])) if kind == "methods" else (lambda r: r["values"])
@@ -441,7 +474,8 @@ class Bench:
         m = r["machine"]
         lines = [
             f"Generated by `scripts/benchmark.py` ({r['profile']} settings) on {r['date']}: {m['cpu']}, "
-            f"{m['cores']} cores, {m['threads']} torch threads, CPU capability {m['capability']}, torch {m['torch']}.",
+            f"{m['cores']} cores, {m['threads']} torch threads, CPU capability {m['capability']}, torch {m['torch']}; "
+            f"device: {m.get('device', 'cpu')}.",
             "",
             f"bf16: {'supported' if self.bf16['supported'] else self.bf16['reason']}.",
             "",
@@ -519,7 +553,7 @@ class Bench:
                 if precision in runs:
                     rows.append(self.row(model, name, precision, runs[precision], name in targeted))
                 else:
-                    rows.append([name, "", precision, "unsupported on this CPU (no AVX512-BF16/AMX)"] + [""] * 8)
+                    rows.append([name, "", precision, self.bf16["reason"]] + [""] * 8)
         return rows
 
 
@@ -544,6 +578,14 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -552,6 +594,15 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"batch size must be positive or auto, got {text}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -565,7 +616,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     size.add_argument("--full", action="store_true", help="the paper's settings for every method and metric (slow)")
     parser.add_argument("--models", default="resnet50,embedded", help="comma-separated: resnet50, embedded")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
-    parser.add_argument("--batch-size", type=int, default=None, help="override the per-model batch size")
+    parser.add_argument("--batch-size", type=_batch_size, default=None,
+                        help="override the per-model batch size: a number, or auto (from free GPU memory; 64 on a CPU)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads in every job (default: torch's default, one per core)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per subprocess job")
@@ -578,6 +631,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.models.split(",")) - set(PROFILES)
     if unknown:
         parser.error(f"unknown model(s) {sorted(unknown)}; choose from {sorted(PROFILES)}")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: torch sees no CUDA device on this machine "
+                         "(torch.cuda.is_available() is False); run with --device cpu, or on a machine with a GPU")
+    elif args.device != "cpu":
+        parser.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
     bad = set(args.precisions.split(",")) - {"fp32", "bf16"}
     if bad or "fp32" not in args.precisions.split(","):
         parser.error("--precisions must include fp32 and may add bf16")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .transforms import ViewParams, as_batch, pure_view, simclr_view
+from ..utils import cpu_generator
 
 
 @dataclass
@@ -56,7 +57,7 @@ def make_pair(
     image = as_batch(image)
     second = as_batch(other, "other") if other is not None else image
     second_mask = other_mask if other is not None else mask
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = cpu_generator(int(seed))
     if augment_both:
         x1, m1, p1 = simclr_view(image, size, generator, mask)
     else:

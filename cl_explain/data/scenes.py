@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from ..utils import repo_root
+from ..utils import cpu_generator, repo_root
 from .pairs import Pair
 from .transforms import pure_view, simclr_view
 
@@ -292,7 +292,7 @@ def scene_pairs(
     pairs = []
     for i in range(n):
         pair_seed = seed * 1_000_003 + i
-        generator = torch.Generator().manual_seed(pair_seed)
+        generator = cpu_generator(pair_seed)
         image, mask, label = scene(i)
         if mode == "different":
             other = (i + 1 + int(torch.randint(0, total - 1, (), generator=generator))) % total

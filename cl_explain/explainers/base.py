@@ -1,7 +1,6 @@
 """The pair-explanation API: one result type, one registry from names to methods, one entry point."""
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -10,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from ..models.similarity import SimilarityModel
-from ..utils import check_image, scale_batch, scale_kernel, scale_length, scale_sigma
+from ..precision import PRECISIONS, bf16_supported, precision_context  # noqa: F401 (re-exported)
+from ..utils import check_batch_size, check_image, resolve_batch_size, scale_batch, scale_kernel, scale_length, scale_sigma
 
 #: Parameters every method accepts (where they apply), with their defaults.
 COMMON_PARAMS: dict[str, Any] = {"batch_size": 64, "blur": False, "precision": "fp32"}
@@ -84,6 +84,8 @@ class MethodSpec:
     partner: Callable[[torch.Tensor, dict[str, Any]], torch.Tensor] | None = None
     #: The method reads tokens or attention: it needs a Vision Transformer (model.is_vit).
     vit_only: bool = False
+    #: Its batches run forward and backward through the backbone (sizes batch_size="auto" for that).
+    gradient_batches: bool = False
 
     def applies_to(self, model: SimilarityModel) -> bool:
         """Whether the method can explain `model` (ViT-only methods need a ViT)."""
@@ -111,6 +113,7 @@ def register_method(
     choices: dict[str, tuple] | None = None,
     partner: Callable[[torch.Tensor, dict[str, Any]], torch.Tensor] | None = None,
     vit_only: bool = False,
+    gradient_batches: bool = False,
 ) -> Callable:
     """Decorator: register `fn(model, x1, x2, **params) -> (map1, map2 or None)` under `name`.
 
@@ -132,6 +135,7 @@ def register_method(
             choices=dict(choices or {}),
             partner=partner,
             vit_only=vit_only,
+            gradient_batches=gradient_batches,
         )
         return fn
 
@@ -164,38 +168,11 @@ def resolve_params(spec: MethodSpec, side: int, params: dict[str, Any]) -> dict[
         if key not in params and resolved[key] is not None:
             resolved[key] = _SCALERS[kind](resolved[key], side)
     resolved.update(params)
-    for key, options in {**spec.choices, "precision": ("fp32", "bf16")}.items():
+    for key, options in {**spec.choices, "precision": PRECISIONS}.items():
         if resolved[key] not in options:
             raise ValueError(f"{spec.name}: {key}={resolved[key]!r} is not one of {options}")
-    if not isinstance(resolved["batch_size"], int) or resolved["batch_size"] < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {resolved['batch_size']!r}")
+    check_batch_size(resolved["batch_size"])
     return resolved
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether `device` computes bfloat16 natively (AVX512-BF16/AMX CPUs, Ampere+ GPUs)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast to bfloat16 for "bf16", nothing for "fp32".
-
-    bf16 is refused on hardware without native support: there it is emulated and runs many times
-    slower than fp32 (measured ~30x for a ResNet-50 on an AVX2-only CPU), which is never what a user wants.
-    """
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision != "bf16":
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    if not bf16_supported(device):
-        raise RuntimeError(
-            f"precision='bf16' needs native bfloat16 support, which this {device.type} lacks "
-            f"(CPU capability: {torch.backends.cpu.get_cpu_capability()}); it would be emulated and far "
-            "slower than fp32. Use precision='fp32' here, or bf16 on an AVX512-BF16/AMX CPU or a recent GPU"
-        )
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def display_blur(saliency: torch.Tensor, side: int) -> torch.Tensor:
@@ -240,7 +217,10 @@ def explain(
     if x2 is None and spec.partner is not None:
         x2 = partner = spec.partner(x1, resolved)
     start = time.perf_counter()
-    with precision_context(resolved["precision"], device):
+    with precision_context(resolved["precision"], model, method):
+        if resolved["batch_size"] == "auto":  # from free memory on a GPU, the method's default elsewhere
+            default = resolve_params(spec, side, {k: v for k, v in params.items() if k != "batch_size"})["batch_size"]
+            resolved["batch_size"] = resolve_batch_size("auto", model, x1, default, spec.gradient_batches)
         method_params = {k: v for k, v in resolved.items() if k in spec.defaults or k == "batch_size"}
         map1, map2 = spec.function(model, x1, x2, **method_params)
     maps = []

@@ -16,6 +16,7 @@ from torch import nn
 from ..data.transforms import AVERAGED_FAMILIES, averaged_transform
 from ..models.similarity import SimilarityModel
 from .base import register_method
+from ..utils import cpu_generator, to_device
 
 #: SmoothGrad noise level relative to the image's value range.
 NOISE_LEVEL = 0.15
@@ -143,6 +144,7 @@ def input_x_gradient(
     {"samples": 50, "guided": False, "noise_rule": "paper", "seed": 0, "batch_size": 8},
     scaled={"batch_size": "batch"},
     choices={"noise_rule": NOISE_RULES},
+    gradient_batches=True,
 )
 def smoothgrad(
     model: SimilarityModel,
@@ -164,12 +166,12 @@ def smoothgrad(
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
     sigma = noise_sigma(x1, noise_rule)
-    generator = torch.Generator().manual_seed(seed)
+    generator = cpu_generator(seed)
 
     def noisy_pairs(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         # One draw per sample (not one per batch) keeps sample i's noise independent of batch_size.
         noise = torch.stack([torch.randn(x1.shape[1:], generator=generator) for _ in range(stop - start)])
-        noise = sigma * noise.to(device=x1.device, dtype=x1.dtype)
+        noise = sigma * to_device(noise, x1.device, x1.dtype)
         return x1 + noise, x2 + noise
 
     g1, g2 = _batched_mean_gradients(model, samples, noisy_pairs, batch_size, guided)
@@ -187,8 +189,8 @@ def interpolation_path(x0: torch.Tensor, xt: torch.Tensor, step: float = 0.1) ->
 
 def transformed_copy(x0: torch.Tensor, transform: str, seed: int) -> torch.Tensor:
     """The pixel-aligned copy T(x0) that Averaged Transforms pairs x0 with (family `transform`, seeded)."""
-    generator = torch.Generator().manual_seed(seed)
-    return averaged_transform(x0.cpu(), transform, generator).to(device=x0.device, dtype=x0.dtype)
+    generator = cpu_generator(seed)
+    return to_device(averaged_transform(x0.cpu(), transform, generator), x0.device, x0.dtype)
 
 
 @register_method(
@@ -198,6 +200,7 @@ def transformed_copy(x0: torch.Tensor, transform: str, seed: int) -> torch.Tenso
     needs_pair=False,
     choices={"transform": AVERAGED_FAMILIES},
     partner=lambda x1, params: transformed_copy(x1, params["transform"], params["seed"]),
+    gradient_batches=True,
 )
 def averaged_transforms(
     model: SimilarityModel,
@@ -226,8 +229,8 @@ def averaged_transforms(
     path = interpolation_path(x1, x2, step)
     if noise and len(path) > 2:
         sigma = noise_sigma(x1, "paper")
-        inner = torch.randn((len(path) - 2, *x1.shape[1:]), generator=torch.Generator().manual_seed(seed))
-        path[1:-1] += sigma * inner.to(device=x1.device, dtype=x1.dtype)
+        inner = torch.randn((len(path) - 2, *x1.shape[1:]), generator=cpu_generator(seed))
+        path[1:-1] += sigma * to_device(inner, x1.device, x1.dtype)
     compared = path[1:]
     if len(compared) == 0:
         raise ValueError(f"step={step} leaves no path image below l = 1; use a step of at most 0.5 (paper: 0.1)")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..data.transforms import no_shift_view
 from ..models.similarity import SimilarityModel, cosine, embed_stream
-from ..utils import PAPER_SIDE, scale_kernel, scale_sigma
+from ..utils import PAPER_SIDE, cpu_generator, scale_kernel, scale_sigma, to_device
 from .base import register_method
 
 #: The paper's surrogate side, and the map blur (kernel, sigma) it applies at that side.
@@ -31,7 +31,7 @@ def invariance_views(image: torch.Tensor, seed: int, start: int, stop: int) -> t
     """
     side = image.shape[-1]
     views = [
-        no_shift_view(image, side, torch.Generator().manual_seed(_view_seed(seed, t)), erase=True)
+        no_shift_view(image, side, cpu_generator(_view_seed(seed, t)), erase=True)
         for t in range(start, stop)
     ]
     return torch.cat(views)
@@ -58,7 +58,7 @@ def fit_surrogate(
     initialisation, drawn from a generator seeded with `seed`.
     """
     dim = pure.numel()
-    generator = torch.Generator().manual_seed(seed)
+    generator = cpu_generator(seed)
     bound = 1 / dim**0.5
     w = ((torch.rand(dim, generator=generator, dtype=torch.float64) * 2 - 1) * bound).float()
     b = ((torch.rand(1, generator=generator, dtype=torch.float64) * 2 - 1) * bound).float()
@@ -149,9 +149,10 @@ def pixel_invariance(
     shrunk = []
 
     def augmented(start: int, stop: int) -> torch.Tensor:
-        views = invariance_views(image.cpu(), seed, start, stop).to(device=image.device, dtype=image.dtype)
+        # views are drawn and shrunk on the CPU (no copy back from the model's device per batch)
+        views = invariance_views(image.cpu(), seed, start, stop).to(dtype=image.dtype)
         shrunk.append(_shrink(views, surrogate_side))
-        return views
+        return to_device(views, image.device)
 
     with torch.no_grad():
         reference = model.embed(image).float()

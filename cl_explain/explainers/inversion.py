@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..models.backbones import StagedBackbone
 from ..models.similarity import SimilarityModel, cosine
-from ..utils import check_image
+from ..utils import check_image, cpu_generator
 
 #: Depths of the paper's inversion figure (rows).
 INVERSION_DEPTHS = ("stem", "layer1", "layer2")
@@ -100,7 +100,7 @@ def invert_features(
     image = image.to(model.device)
     with torch.no_grad():
         target = feature_map(model, image, depth)
-    generator = torch.Generator().manual_seed(seed)
+    generator = cpu_generator(seed)
     x = (0.1 * torch.randn(image.shape, generator=generator)).to(image).clamp(0, 1)
 
     def gradient(x: torch.Tensor) -> torch.Tensor:
@@ -237,7 +237,7 @@ def _make_base(image_or_base: torch.Tensor | int | tuple[int, int], seed: int) -
     size = (image_or_base, image_or_base) if isinstance(image_or_base, int) else tuple(image_or_base)
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"image_or_base must be an image 1x3xHxW or a size (int or (h, w)), got {image_or_base!r}")
-    return 0.01 * torch.rand((1, 3, *size), generator=torch.Generator().manual_seed(seed))
+    return 0.01 * torch.rand((1, 3, *size), generator=cpu_generator(seed))
 
 
 def _objective(model: SimilarityModel, objective: str, target: torch.Tensor | None, depth: str | None):

@@ -13,6 +13,7 @@ import torch
 
 from ..models.similarity import SimilarityModel, cosine, embed_stream
 from .base import register_method
+from ..utils import cpu_generator
 
 _WINDOW_DEFAULTS = {"window": 64, "stride": 8}
 _WINDOW_SCALED = {"window": "length", "stride": "length"}
@@ -58,15 +59,17 @@ class OcclusionGrid:
         rows, cols = self.shape
         return rows * cols
 
-    def corners(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-left pixel (tops, lefts) of the windows with row-major indices start..stop-1."""
-        index = torch.arange(start, stop)
+    def corners(
+        self, start: int, stop: int, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-left pixel (tops, lefts) of the windows with row-major indices start..stop-1, made on `device`."""
+        index = torch.arange(start, stop, device=device)
         cols = self.shape[1]
         return (index // cols) * self.stride, (index % cols) * self.stride
 
     def masks(self, start: int, stop: int, device: torch.device | str | None = None) -> torch.Tensor:
         """Boolean masks (stop-start)x1xHxW, True inside windows start..stop-1."""
-        tops, lefts = self.corners(start, stop)
+        tops, lefts = self.corners(start, stop, device)  # built where the batch is: no copy per batch
         return rectangle_masks(tops, lefts, self.window, self.window, (self.height, self.width), device)
 
 
@@ -183,7 +186,8 @@ def sample_erasing_rectangles(
 
 
 def _erased_batch(x: torch.Tensor, rects: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    masks = rectangle_masks(*rects.to(x.device).unbind(1), size=tuple(x.shape[-2:]), device=x.device)
+    """`x` with rectangle b of `rects` (on x's device) set to `zero`, one image per rectangle."""
+    masks = rectangle_masks(*rects.unbind(1), size=tuple(x.shape[-2:]), device=x.device)
     return torch.where(masks, zero, x)
 
 
@@ -223,13 +227,15 @@ def pairwise_occlusion(
     """
     if not isinstance(erasures, int) or erasures < 1:
         raise ValueError(f"erasures must be a positive integer, got {erasures!r}")
-    generator = torch.Generator().manual_seed(seed)
+    generator = cpu_generator(seed)
     rects1 = sample_erasing_rectangles(erasures, tuple(x1.shape[-2:]), scale, ratio, generator)
     rects2 = sample_erasing_rectangles(erasures, tuple(x2.shape[-2:]), scale, ratio, generator)
     zero = model.zero_pixel.to(device=x1.device, dtype=x1.dtype)
     f1, f2 = model.embed_pair(x1, x2)
-    e1 = embed_stream(model, erasures, lambda a, b: _erased_batch(x1, rects1[a:b], zero), batch_size)
-    e2 = embed_stream(model, erasures, lambda a, b: _erased_batch(x2, rects2[a:b], zero), batch_size)
+    # drawn on the CPU (the seed rule), moved to the images' device once (not once per batch)
+    on1, on2 = rects1.to(x1.device), rects2.to(x2.device)
+    e1 = embed_stream(model, erasures, lambda a, b: _erased_batch(x1, on1[a:b], zero), batch_size)
+    e2 = embed_stream(model, erasures, lambda a, b: _erased_batch(x2, on2[a:b], zero), batch_size)
     drops = cosine(f1, f2) - cosine(e1, e2)
     weights = torch.softmax(drops.double(), dim=0).cpu()
     norm1, norm2 = e1.norm(dim=-1).cpu(), e2.norm(dim=-1).cpu()

@@ -19,8 +19,10 @@ from typing import Sequence
 
 import torch
 
-from ..explainers.base import precision_context, resize_map
+from ..explainers.base import resize_map
 from ..models.similarity import SimilarityModel, cosine, embed_stream
+from ..precision import precision_context
+from ..utils import to_device
 
 
 @dataclass(frozen=True)
@@ -95,27 +97,39 @@ def drop_increase_many(
         parts = [(x1, None), (x2, None), (x1, map1)] + ([(x2, map2)] if map2 is not None else [])
         group = recipes.setdefault(tuple(x1.shape[-2:]), [])
         group += [(index, slot, x, saliency) for slot, (x, saliency) in enumerate(parts)]
-    embeddings: dict[tuple[int, int], torch.Tensor] = {}
-    for group in recipes.values():
-        def make_batch(lo: int, hi: int, group=group) -> torch.Tensor:
-            images = torch.cat([x for _, _, x, _ in group[lo:hi]]).to(model.device)
-            masked = [i for i, (_, _, _, s) in enumerate(group[lo:hi]) if s is not None]
-            if masked:  # all masked images of the batch at once
-                size = tuple(images.shape[-2:])
-                maps = torch.stack([resize_map(group[lo + i][3], size) for i in masked])
-                images[masked] = masked_images(model, images[masked], maps)
-            return images
+    # every distinct image and map goes to the model's device once, so no batch copies from the host
+    device, on_device = model.device, {}
 
-        with precision_context(precision, model.device):
+    def moved(tensor: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        if id(tensor) not in on_device:
+            on_device[id(tensor)] = to_device(tensor if size is None else resize_map(tensor, size), device)
+        return on_device[id(tensor)]
+
+    embeddings: dict[tuple[int, int], torch.Tensor] = {}
+    for size, group in recipes.items():
+        def make_batch(lo: int, hi: int, group=group, size=size) -> torch.Tensor:
+            rows = group[lo:hi]
+            masked = [(moved(x), moved(s, size)) for _, _, x, s in rows if s is not None]
+            done = iter(())
+            if masked:  # all masked images of the batch at once
+                images, maps = torch.cat([m[0] for m in masked]), torch.stack([m[1] for m in masked])
+                done = iter(masked_images(model, images, maps).split(1))
+            return torch.cat([moved(x) if s is None else next(done) for _, _, x, s in rows])
+
+        with precision_context(precision, model, "drop"):
             stream = embed_stream(model, len(group), make_batch, batch_size)
         embeddings.update({(index, slot): e for (index, slot, _, _), e in zip(group, stream)})
-    results = []
-    for index, (_, _, _, map2) in enumerate(items):
-        e = [embeddings[(index, slot)] for slot in range(3 if map2 is None else 4)]
-        base = float(cosine(e[0], e[1]))
-        result = {"conditional_1": drop_and_increase(base, float(cosine(e[2], e[1])))}
-        if map2 is not None:
-            result["conditional_2"] = drop_and_increase(base, float(cosine(e[0], e[3])))
-            result["simultaneous"] = drop_and_increase(base, float(cosine(e[2], e[3])))
-        results.append(result)
-    return results
+    return [_results(embeddings, index, map2 is not None) for index, (_, _, _, map2) in enumerate(items)]
+
+
+def _results(embeddings: dict[tuple[int, int], torch.Tensor], index: int, both: bool) -> dict[str, DropResult]:
+    """Drop/increase of pair `index` from its embeddings (slots: x1, x2, masked x1, masked x2)."""
+    e = [embeddings[(index, slot)] for slot in range(4 if both else 3)]
+    pairs = [(0, 1), (2, 1)] + ([(0, 3), (2, 3)] if both else [])
+    # one cosine call and one copy to the host for the pair
+    base, *scores = cosine(torch.stack([e[a] for a, _ in pairs]), torch.stack([e[b] for _, b in pairs])).tolist()
+    result = {"conditional_1": drop_and_increase(base, scores[0])}
+    if both:
+        result["conditional_2"] = drop_and_increase(base, scores[1])
+        result["simultaneous"] = drop_and_increase(base, scores[2])
+    return result

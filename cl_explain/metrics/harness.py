@@ -37,7 +37,8 @@ import torch
 from ..data.pairs import Pair
 from ..explainers.base import PairExplanation, explain, get_method, resize_map
 from ..models.similarity import SimilarityModel
-from ..utils import check_image, source_digest, write_text_atomic
+from ..precision import PRECISIONS
+from ..utils import check_batch_size, check_image, resolve_batch_size, source_digest, write_text_atomic
 from .common import MetricNotApplicable
 from .drop import drop_increase_many
 from .grounding import check_mask, energy_pointing_game, pointing_game
@@ -128,11 +129,16 @@ def _check_options(params: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown metric option(s) {unknown}; valid options: {', '.join(DEFAULT_OPTIONS)}")
     options = {**DEFAULT_OPTIONS, **params}
-    if options["precision"] not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {options['precision']!r}")
-    if not isinstance(options["batch_size"], int) or options["batch_size"] < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {options['batch_size']!r}")
+    if options["precision"] not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {options['precision']!r}")
+    check_batch_size(options["batch_size"])
     return options
+
+
+def _sized(options: dict[str, Any], model: SimilarityModel, image: torch.Tensor) -> dict[str, Any]:
+    """`options` with batch_size="auto" resolved (free GPU memory; the default elsewhere)."""
+    batch = resolve_batch_size(options["batch_size"], model, image, DEFAULT_OPTIONS["batch_size"])
+    return {**options, "batch_size": batch}
 
 
 def _resized_maps(explanation: PairExplanation, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -367,7 +373,7 @@ def evaluate_pair(
     """
     _check_policy(on_not_applicable)
     item = _prepare(x1, x2, explanation, _check_metrics(_default_metrics(masks) if metrics is None else metrics), masks)
-    return _flatten(_compute_many(model, [item], _check_options(params))[0], on_not_applicable)
+    return _flatten(_compute_many(model, [item], _sized(_check_options(params), model, item.x1))[0], on_not_applicable)
 
 
 def evaluate_pairs(
@@ -393,7 +399,8 @@ def evaluate_pairs(
         masks = (pair.mask1, pair.mask2) if pair.has_masks else None
         names = chosen or _default_metrics(masks)
         items.append(_prepare(pair.x1, pair.x2, explanation, names, masks))
-    return [_flatten(result, on_not_applicable) for result in _compute_many(model, items, _check_options(params))]
+    options = _sized(_check_options(params), model, items[0].x1) if items else _check_options(params)
+    return [_flatten(result, on_not_applicable) for result in _compute_many(model, items, options)]
 
 
 # ---------------------------------------------------------------------------------------- evaluate
@@ -517,6 +524,7 @@ def evaluate(
     options = _check_options(params)
     table = _method_table(methods, method_params)
     pairs = [_as_pair(item, i) for i, item in enumerate(pairs)]
+    options = _sized(options, model, pairs[0].x1) if pairs else options
     seen = Counter((p.pair_id, p.seed) for p in pairs)
     duplicated = [key for key, count in seen.items() if count > 1]
     if duplicated:

@@ -26,8 +26,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..explainers.base import PairExplanation, precision_context, resize_map
+from ..explainers.base import PairExplanation, resize_map
 from ..models.similarity import SimilarityModel, cosine, embed_stream
+from ..precision import precision_context
 from ..utils import scale_kernel, scale_sigma
 
 #: Insertion start blur at 224 px (kernel, sigma), scaled with the image side.
@@ -132,7 +133,7 @@ def perturbation_embeddings(
         taken = (rank[None] < counts[lo:hi, None, None])[:, None]  # B x 1 x H x W
         return torch.where(taken, fill, start)
 
-    with precision_context(precision, model.device):
+    with precision_context(precision, model, mode):
         embeddings = embed_stream(model, counts.numel(), make_batch, batch_size)
     return embeddings, counts.double().cpu() / (height * width)
 
@@ -172,7 +173,7 @@ def perturbation_curves(
 
     # the intact partner of each conditional curve: x2 for curve 1, x1 for curve 2 (one pass for both)
     partners = {}
-    with precision_context(precision, model.device):
+    with precision_context(precision, model, mode):
         if "conditional_1" in which and "conditional_2" in which:
             partners["conditional_1"], partners["conditional_2"] = model.embed_pair(x2.to(model.device), x1.to(model.device))
         elif "conditional_1" in which:

@@ -12,6 +12,7 @@ rank correlation is undefined; we report 0 (no shared ranking) rather than NaN.
 from __future__ import annotations
 
 import copy
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ from torch import nn
 from ..explainers.base import PairExplanation, explain, resize_map
 from ..models.backbones import StagedBackbone
 from ..models.similarity import SimilarityModel
-from ..utils import check_image
+from ..utils import check_image, cpu_generator
 
 
 def random_explanation(
@@ -41,7 +42,7 @@ def random_explanation(
     check_image(x1, "x1")
     if cells is not None and (isinstance(cells, bool) or not isinstance(cells, int) or cells < 1):
         raise ValueError(f"cells must be a positive integer (the random grid is cells x cells) or None, got {cells!r}")
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = cpu_generator(int(seed))
 
     def draw(image: torch.Tensor) -> torch.Tensor:
         size = tuple(image.shape[-2:])
@@ -83,11 +84,18 @@ def cascade_blocks(model: SimilarityModel) -> list[tuple[str, nn.Module]]:
 
 
 def _reinitialise(module: nn.Module, seed: int) -> None:
+    """Reset every submodule's parameters from the CPU generator seeded with `seed` (the seed rule):
+    a block on another device is reset on the CPU and moved back, so the new weights match the CPU's."""
+    device = next((t.device for t in itertools.chain(module.parameters(), module.buffers())), torch.device("cpu"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for sub in module.modules():
-            if hasattr(sub, "reset_parameters"):
-                sub.reset_parameters()
+        module.cpu()
+        try:
+            for sub in module.modules():
+                if hasattr(sub, "reset_parameters"):
+                    sub.reset_parameters()
+        finally:
+            module.to(device)
 
 
 def randomisation_test(

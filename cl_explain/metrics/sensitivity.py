@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import torch
 
-from ..explainers.base import PairExplanation, explain, get_method, precision_context
+from ..explainers.base import PairExplanation, explain, get_method
 from ..models.similarity import SimilarityModel
+from ..precision import precision_context
 from .common import MetricNotApplicable
+from ..utils import cpu_generator, to_device
 
 
 def _explain_raw(
@@ -31,7 +33,7 @@ def _explain_raw(
         again = explain(model, x1.clamp(0, 1), x2c, explanation.method, **params)
         return again.map1, again.map2
     params = {k: v for k, v in explanation.params.items() if k in spec.defaults or k == "batch_size"}
-    with precision_context(explanation.params.get("precision", "fp32"), model.device):
+    with precision_context(explanation.params.get("precision", "fp32"), model, explanation.method):
         maps = spec.function(model, x1.to(model.device), None if x2 is None else x2.to(model.device), **params)
     return tuple(None if m is None else m.detach().float().cpu() for m in maps)
 
@@ -74,10 +76,10 @@ def max_sensitivity(
         if float(m.float().norm()) == 0.0:
             raise MetricNotApplicable(f"map {i} is all zeros: ||e(x) - e(x+u)|| / ||e(x)|| is undefined")
 
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = cpu_generator(int(seed))
     worst = [0.0] * len(reference)
     for _ in range(n_draws):
-        u = (torch.rand(x1.shape, generator=generator, dtype=x1.dtype) * 2 - 1).mul(radius).to(x1.device)
+        u = to_device((torch.rand(x1.shape, generator=generator, dtype=x1.dtype) * 2 - 1).mul(radius), x1.device)
         noisy = _explain_raw(model, x1 + u, None if pair_input is None else pair_input + u, explanation, clip)
         for i, (e, e_u) in enumerate(zip(reference, noisy)):
             ratio = float((e.float() - e_u).norm() / e.float().norm())

@@ -1,7 +1,9 @@
 """The model being explained: normalisation + backbone (spatial map) + pooling + head -> embedding."""
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import itertools
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,10 @@ class SimilarityModel(nn.Module):
     `head(global_average_pool(map))`. Images always enter in [0, 1] pixel space; `normalize` is
     (mean, std) per channel or None (e.g. SimCLRv2, which takes raw pixels). The model stays in
     eval mode (BatchNorm running statistics): calling `.train()` raises.
+
+    The model lives where its modules are: wrapping a backbone and head that already sit on a GPU
+    gives a model on that GPU (`device`), and every method moves its inputs there. Modules on
+    different devices are refused with an error that names `.to(device)`.
     """
 
     #: True for Vision Transformers (cl_explain.models.vit), which ViT-only methods require.
@@ -38,10 +44,15 @@ class SimilarityModel(nn.Module):
         self.backbone = backbone.to(memory_format=torch.channels_last)
         self.head = head if head is not None else nn.Identity()
         self.name = name
+        device = _single_device(itertools.chain(self.backbone.parameters(), self.backbone.buffers(),
+                                                self.head.parameters(), self.head.buffers()), name)
         mean, std = normalize if normalize is not None else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         self.normalized = normalize is not None
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        # the normalisation constants go where the modules are (cpu for a model without any tensor)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1))
+        #: True inside `bf16_backbone()`: the backbone runs under bfloat16 autocast, the rest in float32.
+        self._bf16_backbone = False
         super().train(False)
 
     def train(self, mode: bool = True) -> "SimilarityModel":
@@ -54,7 +65,23 @@ class SimilarityModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.mean.device
+        """The device of the wrapped modules (parameters and buffers); a clear error if they disagree."""
+        device = _single_device(itertools.chain(self.parameters(), self.buffers()), self.name)
+        return device if device is not None else torch.device("cpu")
+
+    @contextlib.contextmanager
+    def bf16_backbone(self, enabled: bool = True) -> Iterator[None]:
+        """Inside the block the backbone runs under bfloat16 autocast; its feature map is cast back to
+        float32, so pooling, head, cosines and every gradient taken from the features stay float32.
+
+        Use `cl_explain.precision.precision_context`, which also applies the bf16 policy and the
+        hardware check; this is the mechanism only. The previous setting is restored on exit.
+        """
+        previous, self._bf16_backbone = self._bf16_backbone, bool(enabled)
+        try:
+            yield
+        finally:
+            self._bf16_backbone = previous
 
     @property
     def zero_pixel(self) -> torch.Tensor:
@@ -67,7 +94,13 @@ class SimilarityModel(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Last-stage spatial feature map BxDxhxw of images in [0, 1]."""
-        fmap = self.backbone(self.preprocess(x).contiguous(memory_format=torch.channels_last))
+        x = self.preprocess(x).contiguous(memory_format=torch.channels_last)
+        if self._bf16_backbone:
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                fmap = self.backbone(x)
+            fmap = fmap.float()
+        else:
+            fmap = self.backbone(x)
         if fmap.dim() != 4:
             raise ValueError(
                 f"backbone of {self.name!r} must return a spatial map BxDxhxw, got shape {tuple(fmap.shape)}; "
@@ -112,6 +145,18 @@ class SimilarityModel(nn.Module):
             digest.update(key.encode())
             digest.update(value.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
+
+
+def _single_device(tensors: Iterator[torch.Tensor], name: str) -> torch.device | None:
+    """The one device all `tensors` live on (None when there are none); mixed devices raise."""
+    devices = {tensor.device for tensor in tensors}
+    if len(devices) > 1:
+        listed = ", ".join(sorted(str(d) for d in devices))
+        raise RuntimeError(
+            f"the modules of model {name!r} sit on different devices ({listed}); move the whole model to one "
+            "device with model.to(device) (or backbone.to(device) and head.to(device) before wrapping them)"
+        )
+    return next(iter(devices), None)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
