@@ -29,6 +29,12 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+#: Maps with a threshold or a strict comparison inside (Pixel Invariance zeroes weights below 0.5,
+#: pairwise occlusion credits the image with the smaller norm): rounding may flip single values, so
+#: only their ranking is compared.
+THRESHOLDED = ("pixel_invariance", "pairwise_occlusion")
+
+
 def models() -> tuple[SimilarityModel, SimilarityModel]:
     """The same tiny model on the CPU and on the GPU."""
     cpu = SimilarityModel(*tiny_parts(), normalize=(IMAGENET_MEAN, IMAGENET_STD), name="tiny")
@@ -52,13 +58,16 @@ def test_modules_already_on_the_gpu_make_a_gpu_model():
 @pytest.mark.parametrize("method", PACKAGE_METHODS)
 def test_every_method_matches_the_cpu(method):
     cpu, gpu = models()
+    if not get_method(method).applies_to(cpu):
+        pytest.skip(f"{method} does not apply to the tiny CNN (a Vision Transformer method)")
     x1, x2 = tiny_pair()
     x2 = x2 if get_method(method).needs_pair else None
     params = FAST.get(method, {})
     on_cpu, on_gpu = explain(cpu, x1, x2, method, **params), explain(gpu, x1, x2, method, **params)
     for a, b in zip(on_cpu.maps, on_gpu.maps):
         assert rank_correlation(a, b) >= 0.99
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * float(a.abs().max()))
+        if method not in THRESHOLDED:
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * float(a.abs().max()))
     assert on_cpu.similarity == pytest.approx(on_gpu.similarity, abs=1e-5)
 
 
@@ -71,6 +80,8 @@ def test_every_metric_matches_the_cpu():
                   for m in (cpu, gpu)]
         assert values[0].keys() == values[1].keys()
         for key, value in values[0].items():
+            if "increase" in key and values[0].get(key.replace("increase", "drop"), 1.0) == 0.0:
+                continue  # S did not drop: 1[score > S] may flip on rounding when score equals S
             tolerance = 1e-2 * max(1.0, abs(value)) if key.startswith("max_sensitivity") else 1e-4
             assert values[1][key] == pytest.approx(value, abs=tolerance), key
 
