@@ -147,6 +147,24 @@ def test_step_rule_matches_paper_and_handles_remainder():
 def test_rank_pixels_orders_by_decreasing_saliency_with_stable_ties():
     m = torch.tensor([[0.1, 0.9], [0.5, 0.9]])
     assert rank_pixels(m).tolist() == [[3, 0], [2, 1]]
+    assert rank_pixels(torch.full((2, 2), 0.3)).tolist() == [[0, 1], [2, 3]]  # a flat map: raster order
+
+
+def test_rank_pixels_treats_rounding_level_differences_as_ties():
+    """Values a rounding error apart (as different CPU kernels produce) rank in raster order, whichever
+    of them is larger; a difference above the tolerance still decides."""
+    m = torch.tensor([[0.2, 0.7], [0.7 + 3e-7, 1.0]])
+    swapped = torch.tensor([[0.2, 0.7 + 3e-7], [0.7, 1.0]])
+    assert rank_pixels(m).tolist() == rank_pixels(swapped).tolist() == [[3, 1], [2, 0]]
+    apart = torch.tensor([[0.2, 0.7], [0.7 + 1e-3, 1.0]])
+    assert rank_pixels(apart).tolist() == [[3, 2], [1, 0]]
+    # a chain of small gaps is one group; a random map's ranks are a permutation that follows its values
+    chain = torch.tensor([[0.5, 0.5 + 4e-6], [0.5 + 8e-6, 0.0]]) + torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    assert rank_pixels(chain).tolist() == [[1, 2], [3, 0]]
+    noise = torch.rand(16, 16, generator=torch.Generator().manual_seed(0))
+    ranks = rank_pixels(noise).flatten()
+    assert sorted(ranks.tolist()) == list(range(256))
+    assert torch.equal(torch.argsort(ranks), torch.argsort(noise.flatten(), descending=True))
 
 
 def naive_curve(model, x, other, saliency, mode, step, fill_kind="zero", perturb_other_map=None):

@@ -209,7 +209,10 @@ def render_scene(index: int, split: str = "train", seed: int = 0, size: int = DE
     shading = 1 - 0.25 * np.clip(np.hypot(u, v) / radius, 0, 1) ** 2  # rounded look
 
     def finish(img: np.ndarray) -> torch.Tensor:  # light, then quantise exactly as the uint8 cache stores it
-        quantised = np.round(np.clip(img * light[..., None], 0, 1) * 255).astype(np.uint8)
+        # one precision for the image and its background (float64), so that a value near a rounding
+        # boundary lands on the same uint8 level in both and the mask stays exact
+        lit = np.asarray(img, dtype=np.float64) * light[..., None]
+        quantised = np.round(np.clip(lit, 0, 1) * 255).astype(np.uint8)
         return torch.from_numpy(quantised).permute(2, 0, 1).float() / 255
 
     background_t = finish(background)

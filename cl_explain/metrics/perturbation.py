@@ -70,11 +70,30 @@ def area_under_curve(scores: torch.Tensor, fractions: torch.Tensor | None = None
     return float(torch.trapezoid(scores, torch.as_tensor(fractions, dtype=torch.float64)))
 
 
-def rank_pixels(saliency: torch.Tensor) -> torch.Tensor:
-    """HxW map of pixel ranks, 0 = most salient; ties keep raster order (stable sort)."""
-    order = torch.argsort(saliency.flatten(), descending=True, stable=True)
+#: Saliency values closer than this fraction of the map's range count as tied (see `rank_pixels`).
+TIE_TOLERANCE = 1e-5
+
+
+def rank_pixels(saliency: torch.Tensor, tie_tolerance: float = TIE_TOLERANCE) -> torch.Tensor:
+    """HxW map of pixel ranks, 0 = most salient; tied pixels keep raster order.
+
+    Pixels whose sorted values are chained by gaps below `tie_tolerance` x (max - min) form one tie
+    group. Upsampled maps (Grad-CAM from an 8 x 8 layer, say) hold many values that are equal on paper
+    but differ by float rounding, and which of them comes first would otherwise depend on the CPU's
+    kernels; grouping them makes the order, and so the deletion and insertion curves, portable.
+    """
+    flat = saliency.detach().flatten().double()
+    n = flat.numel()
+    index = torch.arange(n, device=flat.device)
+    span = float(flat.max() - flat.min()) if n else 0.0
+    order = torch.argsort(flat, descending=True, stable=True)
+    gaps = flat[order][:-1] - flat[order][1:]
+    starts = torch.cat([torch.ones(1, dtype=torch.bool, device=flat.device), gaps > tie_tolerance * span])
+    group = torch.empty_like(index)
+    group[order] = torch.cumsum(starts.long(), 0) - 1
+    order = torch.argsort(group * n + index)
     rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel(), device=order.device)
+    rank[order] = index
     return rank.view_as(saliency)
 
 
