@@ -107,17 +107,19 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
-def load_pairs(n_pairs: int, image_size: int, seed: int, image_folder: str = "", split: str = "test") -> list[Pair]:
-    """`n_pairs` seeded (pure, augmented) pairs: from the embedded scenes (with masks) or from `image_folder`.
+def load_pairs(n_pairs: int, image_size: int, seed: int, image_folder: str = "", split: str = "test",
+               mode: str = "pure-augmented") -> list[Pair]:
+    """`n_pairs` seeded pairs: from the embedded scenes (with masks; `mode` is a pair mode of
+    `cl_explain.data.pairings.scene_pairs`) or (pure, augmented) pairs from `image_folder`.
 
     With a folder, pair i uses image i (cycling when the folder has fewer images) and seed `seed + i`.
     """
     if n_pairs < 1:
         raise ValueError(f"n_pairs must be at least 1, got {n_pairs}")
     if not image_folder:
-        from .data.scenes import scene_pairs
+        from .data.pairings import scene_pairs
 
-        return list(scene_pairs(n_pairs, split=split, seed=seed, size=image_size))
+        return list(scene_pairs(n_pairs, split=split, seed=seed, size=image_size, mode=mode))
     files = list_images(image_folder)
     pairs = []
     for i in range(n_pairs):

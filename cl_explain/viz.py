@@ -1,13 +1,14 @@
 """Figure builders: they return matplotlib figures and never show or save (notebooks use notebook.show_and_save)."""
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
+from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 
 from .explainers.base import PairExplanation, resize_map
@@ -253,3 +254,21 @@ def stretch(image: torch.Tensor) -> torch.Tensor:
     """Min-max stretch of an image-like tensor to [0, 1] (for showing small differences such as x - base)."""
     low, high = image.min(), image.max()
     return (image - low) / (high - low).clamp_min(1e-12)
+
+
+def scene_grid(scenes: Sequence, columns: int = 6) -> Figure:
+    """Scenes (with `image`, `objects`, `class_name`) above their instance maps: target in orange,
+    distractors in blue shades, background white."""
+    rows = math.ceil(len(scenes) / columns)
+    fig, axes = plt.subplots(2 * rows, columns, figsize=(1.7 * columns, 3.4 * rows), squeeze=False)
+    palette = ListedColormap(["white", "tab:orange", "tab:blue", "cornflowerblue", "lightsteelblue"])
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for k, scene in enumerate(scenes):
+        top, bottom = axes[2 * (k // columns), k % columns], axes[2 * (k // columns) + 1, k % columns]
+        top.imshow(to_numpy_image(scene.image))
+        top.set_title(scene.class_name, fontsize=8)
+        bottom.imshow(scene.objects.numpy(), cmap=palette, vmin=0, vmax=4, interpolation="nearest")
+    fig.tight_layout()
+    return fig

@@ -117,7 +117,7 @@ def strength_sweep(model: SimilarityModel, images: Mapping[str, torch.Tensor], s
     return pd.DataFrame(rows)
 
 
-def demo_images(size: int = 64, n_scenes: int = 3, photos: bool = True) -> dict[str, torch.Tensor]:
+def demo_images(size: int = 96, n_scenes: int = 3, photos: bool = True) -> dict[str, torch.Tensor]:
     """Images the explorer offers: the bundled demo photos and the first `n_scenes` held-out scenes."""
     from .data.photos import list_photos, load_photo
     from .data.scenes import render_scene
@@ -159,7 +159,7 @@ def render_pair(
     params: Mapping[str, Any] | None = None,
     seed: int = 0,
     strength: float = 1.0,
-    size: int = 64,
+    size: int = 96,
     title: str | None = None,
 ):
     """Pure view and `strength_view` of `image`, explained by `method`: a 2 x 2 figure (views, maps).
@@ -216,7 +216,7 @@ class PairExplorer:
     """
 
     def __init__(self, images: Mapping[str, torch.Tensor], models: Mapping[str, Callable[[], SimilarityModel]],
-                 methods: list[str] | None = None, size: int = 64, method: str = "interaction_cam",
+                 methods: list[str] | None = None, size: int = 96, method: str = "interaction_cam",
                  overrides: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         import ipywidgets as w
 
@@ -348,7 +348,7 @@ class PairExplorer:
 
 
 def explorer(images: Mapping[str, torch.Tensor], models: Mapping[str, Callable[[], SimilarityModel]],
-             methods: list[str] | None = None, size: int = 64, method: str = "interaction_cam",
+             methods: list[str] | None = None, size: int = 96, method: str = "interaction_cam",
              overrides: Mapping[str, Mapping[str, Any]] | None = None) -> PairExplorer:
     """Build a `PairExplorer` (it shows itself as the last expression of a cell)."""
     return PairExplorer(images, models, methods, size, method, overrides)

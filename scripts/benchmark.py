@@ -148,7 +148,7 @@ def build_pairs(model_name: str, n: int):
 
     if model_name == "resnet50":
         return bench.photo_pairs(n, size=224)
-    from cl_explain.data.scenes import scene_pairs
+    from cl_explain.data.pairings import scene_pairs
 
     return scene_pairs(n, "test", seed=0, size=64)
 

@@ -53,7 +53,7 @@ TITLES = {
 def build(model_name: str, pairs: int, size: int, device: str):
     """(model, pairs) for a model key."""
     from cl_explain import bench, load_model
-    from cl_explain.data.scenes import scene_pairs
+    from cl_explain.data.pairings import scene_pairs
 
     if model_name == "embedded":
         return load_model("embedded-simclr", device=device), scene_pairs(pairs, "test", seed=0, size=size)

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 import cl_explain
-from cl_explain.data.scenes import scene_pairs
+from cl_explain.data.pairings import scene_pairs
 from cl_explain.metrics import format_table
 from cl_explain.metrics.harness import bootstrap_ci
 from cl_explain.metrics.perturbation import perturbation_curves

@@ -121,7 +121,7 @@ def test_explorer_renders_controls_and_follows_them(lab, shot):
     occlusion = _choose(lab, "method", "occlusion", first)
     lab.timings["explorer: method -> occlusion"] = time.monotonic() - start
     values = lab.js("return ['window', 'stride'].map(n => document.querySelector('.cle-param-' + n + ' input').value)")
-    assert values == ["18", "2"], f"occlusion should start at explain's 64 px values, got {values}"
+    assert values == ["27", "3"], f"occlusion should start at explain's 96 px values, got {values}"
     tips = lab.js("""return ['.cle-param-window', '.cle-method', '.cle-image']
         .map(s => document.querySelector(s + ' [title]')).map(e => e ? e.title : '');""")  # hover text on the label
     assert all(tips), f"controls without a tooltip: {tips}"
@@ -141,5 +141,5 @@ def test_explorer_renders_controls_and_follows_them(lab, shot):
                          const out = [...row.children].filter(c => c.getBoundingClientRect().right > box.right + 1);
                          return [row.scrollWidth - row.clientWidth, out.length, row.children.length];""")
     assert overflow[0] <= 1 and overflow[1] == 0, f"the Pixel Invariance parameter row overflows: {overflow}"
-    assert lab.js("return document.querySelector('.cle-param-surrogate_side input').value") == "18"
+    assert lab.js("return document.querySelector('.cle-param-surrogate_side input').value") == "27"
     shot("09-explorer-pixel_invariance.png")

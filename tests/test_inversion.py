@@ -209,7 +209,7 @@ INVERSION_ERROR_LIMIT = 0.4
 @pytest.mark.parametrize("name", ["embedded-supervised", "embedded-simclr"])
 def test_default_inversion_converges_on_the_embedded_models(name):
     import cl_explain as cle
-    from cl_explain.data.scenes import scene_pairs
+    from cl_explain.data.pairings import scene_pairs
 
     model = cle.load_model(name)
     image = scene_pairs(1, split="test", seed=0)[0].x1

@@ -1,6 +1,6 @@
 """Notebook contracts (layer 4) and the papermill smoke run with the ci profile (layer 3).
 
-Contracts: the ten stems exist; the classroom student copies are current and solution-free; every figure goes
+Contracts: the eleven stems exist; the classroom student copies are current and solution-free; every figure goes
 through show_and_save (shown inline and saved); each notebook has exactly one `parameters` cell whose every line is a
 typed, commented literal papermill can parse; kernelspec python3; no stored outputs; the setup cell
 uses the inline backend and no notebook reads the environment; every key of params/<profile>/<stem>.yaml
@@ -26,7 +26,7 @@ ROOT = repo_root()
 NOTEBOOK_DIR = ROOT / "notebooks"
 STEMS = ["00-quickstart", "01-explain-perturbation", "02-explain-gradients", "03-explain-pixel-invariance",
          "04-compare-cams", "05-evaluate-metrics", "06-correlate-accuracy", "07-compare-supervised",
-         "08-visualize-features", "09-explore-pairs"]
+         "08-visualize-features", "09-explore-pairs", "10-embedded-data"]
 PROFILES = {"ci": "../build/ci/figures/{stem}", "full": "../figures/{stem}"}
 #: What each notebook must write into its figure_dir (any profile).
 EXPECTED = {
@@ -47,6 +47,9 @@ EXPECTED = {
                               "supervised_vs_ssl.csv", "supervised_vs_ssl.md"],
     "08-visualize-features": ["feature_visualisation.png", "visualisation_scores.csv", "visualisation_scores.md"],
     "09-explore-pairs": ["explorer_default.png", "strength_sweep.png", "strength_sweep.csv", "strength_sweep.md"],
+    "10-embedded-data": ["scenes.png", "pair_modes.png", "diagnostics.csv", "diagnostics.md", "pointing_baselines.csv",
+                         "pointing_baselines.md"] + [f"swap_embedded-{m}.png" for m in ("simclr", "barlow-twins",
+                                                                                        "simsiam", "supervised")],
 }
 TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "list": list, "dict": dict}
 

@@ -11,7 +11,7 @@ import torch
 from cl_explain import explain, load_model
 from cl_explain import precision as policy
 from cl_explain.bench import rank_correlation
-from cl_explain.data.scenes import scene_pairs
+from cl_explain.data.pairings import scene_pairs
 from cl_explain.explainers.base import get_method
 from cl_explain.metrics import evaluate_pair
 from cl_explain.precision import BF16_ACCEPTED, BF16_REFUSED, BF16_UNMEASURED, bf16_supported

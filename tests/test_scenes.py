@@ -8,16 +8,17 @@ import torch
 import torch.nn.functional as F
 
 from cl_explain.data.scenes import (
-    CLASSES, SPLIT_SIZES, load_split, render_scene, scene_pairs, shape_mask,
+    CLASSES, DISTRACTOR_SHAPES, POOL_PHOTOS, POOL_TEXTURES, SPLIT_SIZES, TARGET_SHAPES, ObjectSpec, background_pool,
+    load_split, object_mask, render_scene, shape_mask,
 )
 from cl_explain.data.transforms import simclr_view
 
-SIZE = 48
+SIZE = 64
 
 
 def test_same_arguments_give_bit_identical_scenes():
     a, b = render_scene(7, "train", seed=0, size=SIZE), render_scene(7, "train", seed=0, size=SIZE)
-    assert torch.equal(a.image, b.image) and torch.equal(a.mask, b.mask) and a.label == b.label
+    assert torch.equal(a.image, b.image) and torch.equal(a.objects, b.objects) and a.label == b.label
     other = render_scene(7, "train", seed=1, size=SIZE)
     assert not torch.equal(a.image, other.image)
 
@@ -30,30 +31,55 @@ def test_scene_format_and_classes():
     assert len(CLASSES) >= 8 and len(set(CLASSES)) == len(CLASSES)
     assert [render_scene(i, "test", size=SIZE).label for i in range(8)] == list(range(8))
     assert scene.class_name == CLASSES[scene.label]
-    area = float(scene.mask.float().mean())
-    assert 0.05 < area < 0.5  # one object, clearly visible, not the whole frame
 
 
 @pytest.mark.parametrize("index", range(8))
-def test_mask_is_exact(index):
-    """Outside the mask the scene IS the background; inside, the object covers it."""
+def test_masks_are_exact(index):
+    """Outside every object the scene IS the bare background; outside the target it IS the context;
+    each object is wholly visible (its instance region equals its own mask drawn alone)."""
     scene = render_scene(index, "train", seed=2, size=SIZE)
-    changed = (scene.image != scene.background).any(0)
-    assert not bool((changed & ~scene.mask).any()), "pixels outside the mask differ from the background"
-    assert float(changed[scene.mask].float().mean()) > 0.97
+    differs = (scene.image != scene.background).any(0)
+    assert not bool((differs & (scene.objects == 0)).any()), "pixels outside the objects differ from the background"
+    assert torch.equal(scene.image[:, ~scene.mask], scene.context[:, ~scene.mask])
+    assert not bool(((scene.context != scene.background).any(0) & ~scene.distractor_mask).any())
+    assert float(differs[scene.mask].float().mean()) > 0.97
+    context = scene.params["context"]
+    alone = object_mask(scene.params["target"], scene.params["center"], SIZE)
+    assert torch.equal(torch.from_numpy(alone), scene.mask)
+    for k, (spec, where) in enumerate(zip(context.distractors, context.positions)):
+        assert torch.equal(torch.from_numpy(object_mask(spec, where, SIZE)), scene.objects == 2 + k)
 
 
-def test_shape_masks_match_geometry():
-    coords = (torch.arange(101, dtype=torch.float64) / 50 - 1).numpy()
-    v, u = torch.meshgrid(torch.tensor(coords), torch.tensor(coords), indexing="ij")
-    u, v = u.numpy(), v.numpy()
-    disk = shape_mask("disk", u, v, 0.5)
-    assert disk.mean() == pytest.approx(math.pi * 0.25 / 4, rel=0.05)
-    cross = shape_mask("cross", u, v, 0.5)  # two bars 0.36 x 1.0 minus their 0.36 x 0.36 overlap, in a 2 x 2 grid
-    assert cross.mean() == pytest.approx((2 * 0.36 * 1.0 - 0.36**2) / 4, rel=0.08)
-    assert shape_mask("cross", u, v, 0.5)[50, 50] and not shape_mask("cross", u, v, 0.5)[30, 30]
-    with pytest.raises(ValueError, match="unknown shape"):
-        shape_mask("hexagon", u, v, 0.5)
+def test_objects_are_small_numerous_and_anywhere():
+    """Target 4-12% of the image, distractors 3-9%, one to three of them (rarely none when crowded),
+    centres spread over the image, so that a centre prior rarely hits the target."""
+    scenes = [render_scene(i, "test", size=96) for i in range(160)]
+    areas = torch.tensor([float(s.mask.float().mean()) for s in scenes])
+    assert 0.035 <= float(areas.min()) and float(areas.max()) <= 0.13
+    counts = torch.tensor([len(s.params["context"].distractors) for s in scenes])
+    assert int(counts.max()) == 3 and float((counts >= 1).float().mean()) > 0.9
+    for s in scenes[:40]:
+        for k in range(len(s.params["context"].distractors)):
+            assert 0.025 <= float((s.objects == 2 + k).float().mean()) <= 0.1
+    centre_hits = torch.tensor([bool(s.mask[44:52, 44:52].any()) for s in scenes]).float().mean()
+    assert float(centre_hits) < 0.3
+    centres = torch.tensor([s.params["center"] for s in scenes])
+    assert float(centres.std(0).min()) > 0.15
+
+
+def test_backgrounds_are_shared_by_many_scenes():
+    used = [render_scene(i, "test", size=SIZE).params["context"].background for i in range(120)]
+    assert len(set(used)) <= POOL_PHOTOS + POOL_TEXTURES and max(used.count(b) for b in set(used)) >= 4
+    pool = background_pool(40)
+    assert len(pool) == POOL_PHOTOS + POOL_TEXTURES and all(b.shape == (40, 40, 3) for b in pool)
+
+
+@pytest.mark.parametrize("shape", TARGET_SHAPES + DISTRACTOR_SHAPES)
+def test_shapes_have_the_area_their_radius_promises(shape):
+    """object_radius inverts each shape's closed-form area: a fine rendering covers the requested share."""
+    spec = ObjectSpec(shape, "plain", ((1, 0, 0), (0, 0, 1)), 0.1, 0.3, 1.0)
+    mask = object_mask(spec, (0.5, 0.5), 800)
+    assert float(mask.mean()) == pytest.approx(0.1, rel=0.02)
 
 
 def test_splits_are_disjoint():
@@ -74,10 +100,12 @@ def test_cached_split_equals_rendering(tmp_path):
     first = load_split("val", n=5, size=SIZE, cache_dir=tmp_path)
     assert len(list(tmp_path.iterdir())) == 1
     again = load_split("val", n=5, size=SIZE, cache_dir=tmp_path)  # read back from the cache
-    assert torch.equal(first.images, again.images) and torch.equal(first.masks, again.masks)
+    assert torch.equal(first.images, again.images) and torch.equal(first.objects, again.objects)
     for i in range(5):
         scene = render_scene(i, "val", size=SIZE)
         assert torch.equal(again.image(i), scene.image)  # uint8 storage is lossless
+        assert torch.equal(again.contexts[i].float() / 255, scene.context)
+        assert torch.equal(again.backgrounds[i].float() / 255, scene.background)
         assert torch.equal(again.masks[i], scene.mask) and int(again.labels[i]) == scene.label
 
 
@@ -114,23 +142,6 @@ def test_augmented_mask_follows_the_image(seed):
 def test_flips_happen_and_are_followed():
     flips = [simclr_view(torch.rand(3, 8, 8), 8, torch.Generator().manual_seed(s))[2].flipped for s in range(20)]
     assert any(flips) and not all(flips)
-
-
-def test_scene_pairs_defaults_and_determinism():
-    pairs = scene_pairs(3, "test", seed=4, size=SIZE)
-    again = scene_pairs(3, "test", seed=4, size=SIZE)
-    assert [p.pair_id for p in pairs] == [p.pair_id for p in again]
-    for p, q in zip(pairs, again):
-        assert torch.equal(p.x1, q.x1) and torch.equal(p.x2, q.x2) and torch.equal(p.mask2, q.mask2)
-        assert p.x1.shape == p.x2.shape == (1, 3, SIZE, SIZE)
-        assert p.mask1.shape == (SIZE, SIZE) and p.mask1.dtype == torch.bool
-        assert p.label == p.label2
-    different = scene_pairs(3, "test", seed=4, size=SIZE, mode="different")
-    assert all(not torch.equal(p.x1, p.x2) for p in different)
-    with pytest.raises(ValueError, match="pair mode"):
-        scene_pairs(1, mode="sideways")
-    with pytest.raises(ValueError, match="between 1 and"):
-        scene_pairs(10**6)
 
 
 def test_demo_photos_load_offline_with_licences():

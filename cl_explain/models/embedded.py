@@ -23,7 +23,7 @@ from .similarity import SimilarityModel
 
 OBJECTIVES = ("simclr", "barlow-twins", "simsiam", "supervised")
 #: Epochs of the SimCLR run kept as graded snapshots (epoch 0 = the random initialisation).
-SIMCLR_SNAPSHOTS = (0, 1, 3)
+SIMCLR_SNAPSHOTS = (0, 1, 2, 4, 8)
 CHECKPOINT_FORMAT = 1
 REBUILD_HINT = "rebuild the embedded models with `make models` (python -m cl_explain.train --all)"
 
@@ -82,7 +82,7 @@ def build_backbone(width: int = 16) -> StagedBackbone:
     """Small ResNet: stem (3x3 conv stride 2 + max pool stride 2), then layer1..layer4 of one basic
     block each with widths w, 2w, 4w, 4w and strides 1, 2, 1, 1 (total stride 8).
 
-    A 64 px input gives an 8 x 8 x (4w) map at layer4 (CAM methods need >= 7 x 7).
+    A 96 px input (the embedded scenes) gives a 12 x 12 x (4w) map at layer4.
     """
     stem = nn.Sequential(OrderedDict(conv1=nn.Conv2d(3, width, 3, 2, 1, bias=False), bn1=nn.BatchNorm2d(width),
                                       relu=nn.ReLU(inplace=True), maxpool=nn.MaxPool2d(3, 2, 1)))

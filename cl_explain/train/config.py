@@ -1,0 +1,70 @@
+"""What determines a training run: `TrainConfig` and the default configuration of each objective."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..data.scenes import CLASSES, DEFAULT_SIZE, SPLIT_SIZES
+from ..models.embedded import (
+    OBJECTIVES,
+    SIMCLR_SNAPSHOTS,
+)
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (stored in the checkpoint and the manifest)."""
+
+    objective: str
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    temperature: float = 0.2  # SimCLR
+    barlow_lambda: float = 5e-3  # Barlow Twins off-diagonal weight
+    width: int = 16
+    out_dim: int | None = None  # head output (None = the objective's default)
+    n_classes: int = len(CLASSES)
+    size: int = DEFAULT_SIZE
+    n_train: int = SPLIT_SIZES["train"]
+    seed: int = 0
+    data_seed: int = 0
+    threads: int = 1  # part of the determinism contract: same threads -> same weights
+    view_epochs: int | None = None  # distinct view banks, cycled: epoch e uses bank (e - 1) % view_epochs + 1
+    channels_last: bool = False  # train the backbone in channels-last layout (about 1.3x faster on CPU; other rounding)
+    fixed_predictor_lr: bool = False  # SimSiam: keep the predictor's learning rate constant (no cosine decay)
+    optimizer: str = "adamw"  # or "sgd" (momentum 0.9, as the SimSiam paper; weight decay then is L2)
+    max_steps: int | None = None  # stop early (tests)
+    redraw_p: float = 0.5  # background augmentation: chance that a view shows the target on another scene's context
+    crop_scale: tuple[float, float] = (0.2, 1.0)  # area range of the training views' random resized crop
+    min_visible: float = 0.5  # share of the target's pixels every training crop keeps
+    snapshots: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
+        if self.view_epochs is not None and self.view_epochs < 1:
+            raise ValueError(f"view_epochs must be a positive number of view banks or None, got {self.view_epochs!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
+        if self.channels_last and self.width < 16:
+            # oneDNN issue 6035: in channels-last layout the weight gradient of a strided 1x1 convolution
+            # with fewer input channels than the kernel's block (8 on AVX2, 16 on AVX-512) writes out of bounds
+            raise ValueError(f"channels_last training needs width >= 16 (got {self.width}): oneDNN's strided 1x1 "
+                             "convolution gradient corrupts memory for fewer input channels; set channels_last=False")
+
+
+#: Every objective trains on the same eight cycled view banks (two threads, channels-last), so one
+#: `make models` renders the views once. SSL views show the target on another scene's context half of the
+#: time (`redraw_p`), so that only the object is sure to be shared by the two views. The non-contrastive
+#: objectives keep the settings the first generation of the default measured: Barlow Twins a wide projector and
+#: weight decay 0.05, SimSiam SGD with the predictor at a constant rate (AdamW runs collapsed partly).
+_SHARED = dict(view_epochs=8, channels_last=True, threads=2)
+DEFAULT_CONFIGS = {
+    "simclr": TrainConfig("simclr", epochs=20, snapshots=tuple(SIMCLR_SNAPSHOTS), **_SHARED),
+    "supervised": TrainConfig("supervised", epochs=10, **_SHARED),
+    "barlow-twins": TrainConfig("barlow-twins", epochs=20, out_dim=512, weight_decay=0.05, **_SHARED),
+    "simsiam": TrainConfig("simsiam", epochs=20, out_dim=512, optimizer="sgd", lr=0.03, weight_decay=5e-4,
+                           fixed_predictor_lr=True, **_SHARED),
+}
