@@ -62,7 +62,8 @@ def notebooks_in_subprocess(setting: str, stems: list[str], folder: Path) -> Non
         params_file.write_text(yaml.safe_dump(parameters))
         subprocess.run(
             [sys.executable, "-m", "papermill", "-k", "python3", "--cwd", "notebooks", "--log-level", "WARNING",
-             "--no-progress-bar", "-f", str(params_file), f"notebooks/{stem}.ipynb", str(folder / f"{stem}.ipynb")],
+             "--no-progress-bar", "--execution-timeout", "900", "-f", str(params_file),
+             f"notebooks/{stem}.ipynb", str(folder / f"{stem}.ipynb")],
             env=kernel_environment(setting), check=True, cwd=ROOT,
         )
 
