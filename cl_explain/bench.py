@@ -32,6 +32,7 @@ from torch import nn
 
 from .data.pairs import Pair
 from .explainers.base import explain, get_method
+from .maps import rank_correlation
 from .metrics import METRICS, MetricNotApplicable, evaluate_pair, evaluate_pairs
 from .models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel, cosine
 from .precision import bf16_status, precision_context  # noqa: F401 (bf16_status re-exported)
@@ -287,7 +288,7 @@ def run_metric(
     """
     if len(explanations) != len(pairs):
         raise ValueError(f"need one explanation per pair, got {len(explanations)} for {len(pairs)} pairs")
-    if METRICS[metric].family == "grounding" and any(not pair.has_masks for pair in pairs):
+    if METRICS[metric].needs_masks and any(not pair.has_masks for pair in pairs):
         return Run(metric, [], [], [], not_applicable=f"{metric} needs object masks; these pairs have none")
     with count_passes(model) as count:
         synchronize(model.device)
@@ -306,24 +307,6 @@ def run_metric(
 
 
 # ---------------------------------------------------------------------------- precision agreement
-
-
-def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two maps of the same shape (average ranks for ties).
-
-    Two constant maps that are equal agree fully (1.0); a constant map against a varying one
-    shares no ranking (0.0) -- never NaN.
-    """
-    from scipy.stats import spearmanr
-
-    a = torch.as_tensor(a).detach().double().flatten().cpu().numpy()
-    b = torch.as_tensor(b).detach().double().flatten().cpu().numpy()
-    if a.shape != b.shape:
-        raise ValueError(f"maps must have the same shape to be compared, got {a.size} and {b.size} values")
-    flat_a, flat_b = np.ptp(a) == 0, np.ptp(b) == 0
-    if flat_a or flat_b:
-        return 1.0 if flat_a and flat_b and np.array_equal(a, b) else 0.0
-    return float(spearmanr(a, b).statistic)
 
 
 @dataclass(frozen=True)

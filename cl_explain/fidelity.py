@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .bench import rank_correlation
+from . import markdown
 from .data.pairs import Pair
 from .explainers.base import explain, get_method
+from .maps import rank_correlation
 from .metrics import evaluate_pair
 from .models.similarity import SimilarityModel
 from .precision import BF16_ACCEPTED, measuring_bf16
@@ -120,9 +121,7 @@ def table(rows: Sequence[FidelityRow]) -> str:
     """The rows as a markdown table."""
     header = ["method / metric family", "bf16 policy", "min Spearman to fp32", "max |AUC or value difference|",
               "fp32 time / bf16 time"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown.table(header, [row.cells() for row in rows])
 
 
 def as_dicts(rows: Sequence[FidelityRow]) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import markdown
 from .data import Pair, load_image, make_pair
 from .explainers import PairExplanation
 from .utils import figure_bytes, seed_everything, write_bytes_atomic, write_text_atomic
@@ -82,9 +83,7 @@ def markdown_table(df: pd.DataFrame, digits: int = 3, index: bool = False) -> st
     frame = df.reset_index() if index else df
     header = [str(c) for c in frame.columns]
     rows = [[_format_cell(v, digits) for v in row] for row in frame.itertuples(index=False, name=None)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return markdown.table(header, rows) + "\n"
 
 
 def save_table(df: pd.DataFrame, path_stem: str | os.PathLike, digits: int = 3, index: bool = False) -> None:
@@ -174,7 +173,7 @@ def score_variants(model, pairs: Sequence, explanations: Sequence[Mapping[str, P
     rows = []
     for pair, per_label in zip(pairs, explanations, strict=True):
         masks = (pair.mask1, pair.mask2) if getattr(pair, "mask1", None) is not None else None
-        wanted = [m for m in metrics if masks is not None or METRICS[m].family != "grounding"]
+        wanted = [m for m in metrics if masks is not None or not METRICS[m].needs_masks]
         for label, explanation in per_label.items():
             values = evaluate_pair(model, pair.x1, pair.x2, explanation, wanted, masks=masks,
                                    on_not_applicable="skip", **options)

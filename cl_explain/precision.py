@@ -23,7 +23,7 @@ import torch
 if TYPE_CHECKING:
     from .models.similarity import SimilarityModel
 
-PRECISIONS = ("fp32", "bf16")
+from .params import PRECISIONS, check_precision_name  # noqa: F401 (PRECISIONS re-exported)
 
 #: What runs in bf16 for the methods (by name) and metric families ("insertion", "deletion", "drop")
 #: that accept it. Anything not listed here refuses bf16 (with the reason in BF16_REFUSED, if measured).
@@ -109,8 +109,7 @@ def bf16_refusal(name: str | None) -> str | None:
 
 def check_precision(precision: str, device: torch.device | str, name: str | None = None) -> None:
     """Raise unless `precision` may run for method or metric family `name` on `device` (policy, then hardware)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision_name(precision)
     if precision == "fp32" or _measuring:
         return
     reason = bf16_refusal(name)

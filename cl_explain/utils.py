@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .params import check_batch_size
+
 #: The image side (pixels) at which the paper states its defaults; other sizes scale from it.
 PAPER_SIDE = 224
 
@@ -54,13 +56,6 @@ def batch_from_memory(free_bytes: float, per_image_bytes: float, share: float = 
     return max(1, min(limit, int(free_bytes * share // per_image_bytes)))
 
 
-def check_batch_size(batch_size: int | str) -> int | str:
-    """A positive int or "auto", else a ValueError naming both."""
-    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
-    return batch_size
-
-
 def resolve_batch_size(batch_size: int | str, model, image: torch.Tensor, default: int, backward: bool = False) -> int:
     """`batch_size` as an int: "auto" is chosen from the free memory on a CUDA device (one probe pass of
     8 copies of `image`, with a backward pass when `backward`) and is `default` on any other device."""
@@ -102,8 +97,8 @@ def repo_root(start: str | os.PathLike | None = None) -> Path:
     )
 
 
-def check_image(x: torch.Tensor, name: str = "image") -> torch.Tensor:
-    """Validate an image tensor: shape 1x3xHxW, floating point, finite, values in [0, 1]."""
+def check_image(x: torch.Tensor, name: str = "image", in_range: bool = True) -> torch.Tensor:
+    """Validate an image tensor: shape 1x3xHxW, floating point, finite, values in [0, 1] (if `in_range`)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(
             f"{name} must be a torch.Tensor of shape 1x3xHxW in [0, 1], got {type(x).__name__}; "
@@ -118,6 +113,8 @@ def check_image(x: torch.Tensor, name: str = "image") -> torch.Tensor:
         raise TypeError(f"{name} must be a float tensor in [0, 1], got dtype {x.dtype}; divide uint8 images by 255")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or infinite values")
+    if not in_range:
+        return x
     lo, hi = float(x.min()), float(x.max())
     if lo < -1e-6 or hi > 1 + 1e-6:
         raise ValueError(

@@ -11,6 +11,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from .explainers.base import PairExplanation, resize_map
+from .maps import minmax
 
 #: Perceptually uniform colour map for saliency overlays.
 SALIENCY_CMAP = "inferno"
@@ -26,9 +27,7 @@ def to_numpy_image(x: torch.Tensor) -> np.ndarray:
 
 def normalise_for_display(saliency: torch.Tensor) -> np.ndarray:
     """Min-max scale a map to [0, 1] for display (a constant map shows as zeros)."""
-    s = saliency.detach().float().cpu()
-    span = float(s.max() - s.min())
-    return ((s - s.min()) / span).numpy() if span > 0 else np.zeros(tuple(s.shape), dtype=np.float32)
+    return minmax(saliency.detach().float().cpu(), constant=0.0).numpy()
 
 
 def overlay(ax, image: torch.Tensor, saliency: torch.Tensor | None = None, alpha: float = 0.55,

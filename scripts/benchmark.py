@@ -41,29 +41,23 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-METHODS = (
-    "occlusion", "context_agnostic_occlusion", "pairwise_occlusion", "gradcam", "interaction_cam",
-    "input_x_gradient", "smoothgrad", "averaged_transforms", "pixel_invariance",
-    "token_occlusion", "attention_rollout",
-)
+from cl_explain.explainers.base import get_method, list_methods  # noqa: E402 (needs the path above)
+from cl_explain.markdown import table as _table  # noqa: E402
+from cl_explain.metrics import METRICS  # noqa: E402
+
+METHODS = tuple(list_methods())
 #: Methods that read tokens or attention and so need a Vision Transformer; both benchmark models are
-#: CNNs, so these are listed (the registry and this script must agree) but not run here.
-VIT_METHODS = ("token_occlusion", "attention_rollout")
+#: CNNs, so these are listed but not run here.
+VIT_METHODS = tuple(method for method in METHODS if get_method(method).vit_only)
 CNN_METHODS = tuple(method for method in METHODS if method not in VIT_METHODS)
-METRIC_NAMES = (
-    "insertion_simultaneous", "deletion_simultaneous", "insertion_conditional", "deletion_conditional",
-    "average_drop_simultaneous", "average_increase_simultaneous", "average_drop_conditional",
-    "average_increase_conditional", "max_sensitivity", "pointing_game", "energy_pointing_game",
-)
-#: Rows the targets apply to: perturbation methods (M1-M3) and perturbation metrics.
+METRIC_NAMES = tuple(METRICS)
+#: Rows the targets apply to: perturbation methods (M1-M3) and the metrics that perturb the images.
 PERTURBATION_METHODS = ("occlusion", "context_agnostic_occlusion", "pairwise_occlusion")
-PERTURBATION_METRICS = METRIC_NAMES[:8]
+PERTURBATION_METRICS = tuple(name for name, spec in METRICS.items() if spec.family in ("insertion", "deletion", "drop"))
 OVERHEAD_TARGET = 1.25
 BF16_SPEEDUP_TARGET = 1.8
 OCCLUSION_MEMORY_TARGET_MB = 2048
 EVALUATE_TARGET_SECONDS = 600
-#: The options of PROFILES[...]["metrics"] that each metric uses (shown in its settings column).
-METRIC_OPTIONS = {**{name: ("step",) for name in METRIC_NAMES[:4]}, "max_sensitivity": ("n_draws",)}
 #: The explanation the metric rows score (cheap, so the row measures the metric).
 METRIC_EXPLANATION = "gradcam"
 #: 16 curve points at 224 px (the paper: 225, step 224): ceil(224*224 / 15) pixels per step.
@@ -265,7 +259,6 @@ def _metrics_block(model, pairs, spec) -> dict[str, Any]:
 
 def _metric_refusal(metric: str) -> str | None:
     """Why the bf16 policy refuses `metric` (its family's rule; max-sensitivity follows the explained method)."""
-    from cl_explain.metrics import METRICS
     from cl_explain.precision import bf16_refusal
 
     family = METRICS[metric].family
@@ -396,7 +389,7 @@ class Bench:
                 row = block.get("rows", {}).get(metric, {"error": block.get("error", "missing")})
                 if "error" not in row:
                     row["throughput"], row["batch_throughput"] = block["throughput"], block["batch_throughput"]
-                row["settings"] = {k: v for k, v in profile["metrics"].items() if k in METRIC_OPTIONS.get(metric, ())}
+                row["settings"] = {k: v for k, v in profile["metrics"].items() if k in METRICS[metric].options}
                 record["metrics"].setdefault(metric, {})[precision] = row
         memory = record["methods"].get("occlusion", {}).get("fp32")
         if memory is not None and profile["memory_strides"]:
@@ -570,12 +563,6 @@ def update_readme(path: Path, text: str) -> None:
     before, rest = content.split(README_START)
     after = rest.split(README_END)[1]
     write_text_atomic(path, f"{before}{README_START}\n{text}{README_END}{after}")
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _device_name(device: str) -> str:

@@ -63,7 +63,7 @@ def parity(device: str, quick: bool) -> str:
     import torch
 
     from cl_explain import explain
-    from cl_explain.bench import rank_correlation
+    from cl_explain.maps import rank_correlation
     from cl_explain.explainers.base import get_method
     from cl_explain.metrics import PAPER_METRICS, evaluate_pair
 

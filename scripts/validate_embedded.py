@@ -20,7 +20,7 @@ import torch
 import cl_explain
 from cl_explain.data.scenes import scene_pairs
 from cl_explain.metrics import format_table
-from cl_explain.metrics.harness import bootstrap_ci
+from cl_explain.metrics import bootstrap_ci
 from cl_explain.metrics.perturbation import perturbation_curves
 from cl_explain.metrics.sanity import random_explanation, randomisation_test
 from cl_explain.notebook import markdown_table

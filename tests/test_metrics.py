@@ -15,7 +15,7 @@ from torch import nn
 from cl_explain.explainers import base
 from cl_explain.explainers.base import explain, register_method
 from cl_explain.metrics import MetricNotApplicable, max_sensitivity, random_explanation, randomisation_test
-from cl_explain.metrics.drop import drop_increase, masked_image, normalise_map
+from cl_explain.metrics.drop import drop_increase, mask_weights, masked_image
 from cl_explain.metrics.grounding import energy_pointing_game, pointing_game
 from cl_explain.metrics.perturbation import (
     area_under_curve,
@@ -299,7 +299,7 @@ def test_average_drop_matches_hand_computation():
 
 
 def test_constant_map_keeps_the_image_and_nonpositive_base_has_no_drop():
-    assert torch.equal(normalise_map(torch.full((3, 3), 2.0)), torch.ones(3, 3))
+    assert torch.equal(mask_weights(torch.full((3, 3), 2.0)), torch.ones(3, 3))
     model = patch_model()
     x1, x2 = images(7)
     r = drop_increase(model, x1, x2, torch.zeros(4, 4), torch.zeros(4, 4))
@@ -448,12 +448,10 @@ def test_randomisation_leaves_model_unchanged_and_decorrelates_maps():
     assert (final.abs() < 0.8).all(), table
 
 
-def test_normalise_maps_per_map_min_max_and_constant_maps_keep_the_image():
-    from cl_explain.metrics.drop import normalise_maps
-
+def test_mask_weights_per_map_min_max_and_constant_maps_keep_the_image():
     g = torch.Generator().manual_seed(2)
     maps = torch.stack([torch.rand(5, 6, generator=g) * 3 - 1, torch.full((5, 6), 4.0), torch.rand(5, 6, generator=g)])
-    got = normalise_maps(maps)
+    got = mask_weights(maps)
     for m, n in zip(maps, got):
         span = float(m.max() - m.min())
         expected = torch.ones_like(m) if span == 0 else (m - m.min()) / span

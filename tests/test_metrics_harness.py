@@ -246,7 +246,7 @@ def test_cache_key_follows_the_model_weights(tmp_path):
 
 def test_cache_key_follows_the_package_source(tmp_path, monkeypatch):
     """A result computed by other code (another source digest) is not reused."""
-    from cl_explain.metrics import harness
+    from cl_explain.metrics import grid
 
     pairs = make_pairs(1)
     run = lambda: evaluate(patch_model(), pairs, ["_test_metrics_linear"], ["deletion_conditional"], cache_dir=tmp_path,
@@ -255,7 +255,7 @@ def test_cache_key_follows_the_package_source(tmp_path, monkeypatch):
     (stored,) = tmp_path.rglob("*.json")
     stored.write_text(stored.read_text().replace(str(first.value.iloc[0]), "0.123456"))  # plant a stale value
     assert run().value.iloc[0] == pytest.approx(0.123456)  # same code: the cache answers
-    monkeypatch.setattr(harness, "source_digest", lambda: "other-code")
+    monkeypatch.setattr(grid, "source_digest", lambda: "other-code")
     assert run().value.iloc[0] == first.value.iloc[0]  # other code: recomputed
     assert len(list(tmp_path.rglob("*.json"))) == 2
 

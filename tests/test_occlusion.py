@@ -240,9 +240,9 @@ def test_constant_image_gives_finite_maps(method):
         assert torch.isfinite(m).all()
 
 
-def test_minmax_normalise_constant_map_is_zero():
-    assert torch.equal(minmax_normalise(torch.full((3, 3), 7.0)), torch.zeros(3, 3))
-    torch.testing.assert_close(minmax_normalise(torch.tensor([1.0, 3.0, 2.0])), torch.tensor([0.0, 1.0, 0.5]))
+def test_minmax_normalise_is_a_deprecated_alias_with_zero_for_a_constant_map():
+    with pytest.warns(DeprecationWarning, match="minmax_normalise is deprecated"):
+        assert torch.equal(minmax_normalise(torch.full((3, 3), 7.0)), torch.zeros(3, 3))
 
 
 def test_rectangles_follow_random_erasing_semantics():

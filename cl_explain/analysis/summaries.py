@@ -226,8 +226,7 @@ def metric_tables(results: pd.DataFrame, metrics: Sequence[str], n_boot: int = 1
         cells = {}
         for metric in present:
             stats_ = summary[metric]
-            header = f"{METRICS[metric].abbreviation} {'↑' if METRICS[metric].higher_is_better else '↓'}"
-            cells[header] = [f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if pd.notna(r["mean"]) else "NA"
+            cells[METRICS[metric].label] = [f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if pd.notna(r["mean"]) else "NA"
                              for _, r in stats_.iterrows()]
         labels = list(summary.index)
         formatted.append(pd.DataFrame({"model": model, "method": labels,

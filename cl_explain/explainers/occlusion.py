@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from ..models.similarity import SimilarityModel, cosine, embed_stream
+from .._deprecated import deprecated_alias
+from ..maps import minmax
 from .base import register_method
 from ..utils import cpu_generator
 
@@ -111,13 +113,12 @@ def _grid(x: torch.Tensor, window: int, stride: int) -> OcclusionGrid:
     return occlusion_grid(x.shape[-2], x.shape[-1], window, stride)
 
 
-def minmax_normalise(saliency: torch.Tensor) -> torch.Tensor:
-    """Rescale a map to [0, 1]; a constant map becomes all zeros (never NaN)."""
-    low, high = saliency.min(), saliency.max()
-    span = high - low
-    if not torch.isfinite(span) or span <= 0:
-        return torch.zeros_like(saliency)
-    return (saliency - low) / span
+def _scaled(heat: torch.Tensor) -> torch.Tensor:
+    """An occlusion map in [0, 1]; a constant map (no window changes S more than another) is all zeros."""
+    return minmax(heat, constant=0.0)
+
+
+minmax_normalise = deprecated_alias("minmax_normalise", "cl_explain.maps.minmax(saliency, constant=0.0)", _scaled)
 
 
 @register_method("occlusion", _WINDOW_DEFAULTS, scaled=_WINDOW_SCALED, sensitivity=False)
@@ -149,7 +150,7 @@ def context_agnostic_occlusion(
         masked = embed_occluded(model, x, grid, batch_size)
         window_only = embed_occluded(model, x, grid, batch_size, keep_window=True)
         heat = cosine(window_only - masked, other).view(grid.shape)
-        maps.append(minmax_normalise(heat))
+        maps.append(_scaled(heat))
     return maps[0], maps[1]
 
 

@@ -21,7 +21,8 @@ import torch
 
 from ..models.similarity import SimilarityModel, cosine
 from .base import register_method
-from .occlusion import OcclusionGrid, minmax_normalise
+from ..maps import minmax
+from .occlusion import OcclusionGrid
 
 VARIANTS = ("conditional", "context_agnostic")
 #: Default window: the share of the image side that the pixel occlusion's 64 px window covers at 224 px.
@@ -95,5 +96,5 @@ def token_occlusion(
             maps.append((base - cosine(removed, other)).view(grid.shape))
         else:
             alone = embed_without_windows(model, x, grid, batch_size, keep_window=True)
-            maps.append(minmax_normalise(cosine(alone - removed, other).view(grid.shape)))
+            maps.append(minmax(cosine(alone - removed, other).view(grid.shape), constant=0.0))
     return maps[0], maps[1]

@@ -14,15 +14,14 @@ from __future__ import annotations
 import copy
 import itertools
 
-import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import rankdata
 from torch import nn
 
 from ..explainers.base import PairExplanation, explain, resize_map
 from ..models.backbones import StagedBackbone
 from ..models.similarity import SimilarityModel
+from ..maps import rank_correlation
 from ..utils import check_image, cpu_generator
 
 
@@ -64,13 +63,8 @@ def random_explanation(
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two maps (resized to a common size); 0 if either is constant."""
-    if a.shape != b.shape:
-        b = resize_map(b, tuple(a.shape))
-    ra, rb = rankdata(a.flatten().double().numpy()), rankdata(b.flatten().double().numpy())
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = float(np.sqrt((ra**2).sum() * (rb**2).sum()))
-    return float((ra * rb).sum() / denominator) if denominator > 0 else 0.0
+    """`rank_correlation` of two maps, `b` resized bilinearly to the size of `a` first."""
+    return rank_correlation(a, b if a.shape == b.shape else resize_map(b, tuple(a.shape)))
 
 
 def cascade_blocks(model: SimilarityModel) -> list[tuple[str, nn.Module]]:

@@ -1,0 +1,41 @@
+"""The shared map helpers: one min-max scaling and one rank correlation, with their constant-map rules."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cl_explain.maps import minmax, rank_correlation
+
+
+def test_minmax_scales_each_map_of_a_stack_on_its_own():
+    g = torch.Generator().manual_seed(2)
+    maps = torch.stack([torch.rand(4, 5, generator=g) * 3 - 1, torch.rand(4, 5, generator=g) + 10])
+    scaled = minmax(maps, constant=0.0)
+    for m, s in zip(maps, scaled):
+        torch.testing.assert_close(s, (m - m.min()) / (m.max() - m.min()))
+    torch.testing.assert_close(minmax(maps[0], constant=0.0), scaled[0])  # one map = a stack of one
+
+
+@pytest.mark.parametrize("constant", [0.0, 1.0])
+def test_minmax_constant_map_takes_the_callers_value(constant):
+    assert torch.equal(minmax(torch.full((3, 3), 7.0), constant=constant), torch.full((3, 3), constant))
+
+
+def test_rank_correlation_cases():
+    a = torch.rand(5, 5, generator=torch.Generator().manual_seed(0))
+    assert rank_correlation(a, a) == pytest.approx(1.0)
+    assert rank_correlation(a, a.exp() * 3) == pytest.approx(1.0)  # monotone transform keeps ranks
+    assert rank_correlation(a, -a) == pytest.approx(-1.0)
+    assert rank_correlation(torch.ones(3, 3), torch.ones(3, 3)) == 1.0
+    assert rank_correlation(torch.ones(3, 3), a[:3, :3]) == 0.0
+    assert rank_correlation(a[:3, :3], torch.full((3, 3), 2.0)) == 0.0
+    with pytest.raises(ValueError, match="shape"):
+        rank_correlation(a, a[:2])
+
+
+def test_rank_correlation_matches_scipy():
+    from scipy.stats import spearmanr
+
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.rand(6, 6, generator=g), torch.rand(6, 6, generator=g).round(decimals=1)  # ties in b
+    assert rank_correlation(a, b) == pytest.approx(spearmanr(a.flatten(), b.flatten()).statistic)
