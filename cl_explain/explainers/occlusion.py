@@ -77,14 +77,8 @@ class OcclusionGrid:
 
 def occlusion_grid(height: int, width: int, window: int, stride: int) -> OcclusionGrid:
     """Validated grid of occluding windows (e.g. 224 px, window 64, stride 8 -> a 21x21 map)."""
-    for name, value in (("window", window), ("stride", stride)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"occlusion {name} must be a positive integer number of pixels, got {value!r}")
-    if window > min(height, width):
-        raise ValueError(
-            f"occlusion window ({window} px) is larger than the image ({height}x{width} px); "
-            f"pass window <= {min(height, width)} (the default scales with the image side)"
-        )
+    check_window(window, stride, (height, width), "occlusion", "pixels", f"the image ({height}x{width} px)",
+                 "the default scales with the image side")
     return OcclusionGrid(int(height), int(width), window, stride)
 
 
@@ -107,6 +101,15 @@ def embed_occluded(
         return torch.where(~masks if keep_window else masks, zero, x)
 
     return embed_stream(model, len(grid), make_batch, batch_size)
+
+
+def check_window(window: int, stride: int, grid: tuple[int, int], owner: str, unit: str, area: str, hint: str) -> None:
+    """Window and stride are positive ints and the window fits the `grid` (rows, cols) it slides over."""
+    for name, value in (("window", window), ("stride", stride)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{owner} {name} must be a positive integer number of {unit}, got {value!r}")
+    if window > min(grid):
+        raise ValueError(f"{owner} window ({window} {unit}) is larger than {area}; pass window <= {min(grid)} ({hint})")
 
 
 def _grid(x: torch.Tensor, window: int, stride: int) -> OcclusionGrid:

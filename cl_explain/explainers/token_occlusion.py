@@ -22,7 +22,7 @@ import torch
 from ..models.similarity import SimilarityModel, cosine
 from .base import register_method
 from ..maps import minmax
-from .occlusion import OcclusionGrid
+from .occlusion import OcclusionGrid, check_window
 
 VARIANTS = ("conditional", "context_agnostic")
 #: Default window: the share of the image side that the pixel occlusion's 64 px window covers at 224 px.
@@ -33,14 +33,8 @@ def token_grid(rows: int, cols: int, window: int | None, stride: int) -> Occlusi
     """Windows over a rows x cols patch grid, sizes in patches (window=None: 2/7 of the shorter side)."""
     if window is None:
         window = max(1, round(WINDOW_SHARE * min(rows, cols)))
-    for name, value in (("window", window), ("stride", stride)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"token occlusion {name} must be a positive integer number of patches, got {value!r}")
-    if window > min(rows, cols):
-        raise ValueError(
-            f"token occlusion window ({window} patches) is larger than the {rows} x {cols} patch grid; "
-            f"pass window <= {min(rows, cols)} (or window=None for 2/7 of the grid side)"
-        )
+    check_window(window, stride, (rows, cols), "token occlusion", "patches", f"the {rows} x {cols} patch grid",
+                 "or window=None for 2/7 of the grid side")
     if window * window == rows * cols:
         raise ValueError(f"a {window} x {window} window removes every patch of the {rows} x {cols} grid; pass a smaller window")
     return OcclusionGrid(rows, cols, window, stride)
