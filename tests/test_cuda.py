@@ -10,13 +10,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cl_explain import explain
-from cl_explain.bench import rank_correlation
+from cl_explain import explain, list_methods
 from cl_explain.explainers.base import get_method
 from cl_explain.metrics import PAPER_METRICS, evaluate_pair, random_explanation, randomisation_test
 from cl_explain.models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel
 
-from test_device import FAST, PACKAGE_METHODS, tiny_pair, tiny_parts
+from cl_explain.maps import rank_correlation
+
+from helpers import FAST, tiny_pair, tiny_parts
+
+PACKAGE_METHODS = sorted(list_methods())
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU checks need one")
 

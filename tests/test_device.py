@@ -17,32 +17,10 @@ from cl_explain.metrics import PAPER_METRICS, evaluate_pair, random_explanation
 from cl_explain.models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel
 from cl_explain.utils import batch_from_memory, cpu_generator, resolve_batch_size
 
-SIDE = 24
-#: Small settings that keep every registered method to well under a second on this tiny model.
-FAST = {
-    "occlusion": {"window": 8, "stride": 4}, "context_agnostic_occlusion": {"window": 8, "stride": 4},
-    "pairwise_occlusion": {"erasures": 8}, "smoothgrad": {"samples": 3},
-    "averaged_transforms": {"noise": True}, "pixel_invariance": {"samples": 8, "epochs": 5},
-}
+from helpers import FAST, tiny_model, tiny_pair, tiny_parts
 
-
-#: The package's own methods (other test files register helper methods whose names start with "_").
-PACKAGE_METHODS = sorted(name for name in list_methods() if not name.startswith("_"))
-
-
-def tiny_parts(seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    torch.manual_seed(seed)
-    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, stride=4, padding=1), nn.ReLU())
-    return backbone, nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5))
-
-
-def tiny_model() -> SimilarityModel:
-    return SimilarityModel(*tiny_parts(), normalize=(IMAGENET_MEAN, IMAGENET_STD), name="tiny")
-
-
-def tiny_pair() -> tuple[torch.Tensor, torch.Tensor]:
-    generator = cpu_generator(5)
-    return torch.rand(1, 3, SIDE, SIDE, generator=generator), torch.rand(1, 3, SIDE, SIDE, generator=generator)
+#: The package's own methods.
+PACKAGE_METHODS = sorted(list_methods())
 
 
 # ------------------------------------------------------------------------------------ device rule

@@ -18,6 +18,8 @@ from cl_explain.explainers.gradients import (
 )
 from cl_explain.models.similarity import SimilarityModel
 
+from helpers import PatchOnly, patch_mask
+
 
 def tiny_model(dtype=torch.float64, seed=0, inplace=True, normalize=((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))):
     torch.manual_seed(seed)
@@ -28,23 +30,10 @@ def tiny_model(dtype=torch.float64, seed=0, inplace=True, normalize=((0.4, 0.5, 
     return SimilarityModel(backbone, head, normalize=normalize).to(dtype)
 
 
-class PatchOnly(nn.Module):
-    """Zeroes every pixel outside a fixed patch, so S depends only on the patch."""
-
-    def __init__(self, side: int, rows: slice, cols: slice) -> None:
-        super().__init__()
-        mask = torch.zeros(1, 1, side, side, dtype=torch.float64)
-        mask[..., rows, cols] = 1
-        self.register_buffer("mask", mask)
-
-    def forward(self, x):
-        return x * self.mask
-
-
 def patch_model(side=10, rows=slice(2, 5), cols=slice(4, 8)):
     torch.manual_seed(1)
     backbone = nn.Sequential(
-        PatchOnly(side, rows, cols), nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1)
+        PatchOnly(patch_mask(side, (rows, cols))), nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1)
     )
     head = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 4))
     return SimilarityModel(backbone, head).double()

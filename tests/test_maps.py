@@ -39,3 +39,18 @@ def test_rank_correlation_matches_scipy():
     g = torch.Generator().manual_seed(1)
     a, b = torch.rand(6, 6, generator=g), torch.rand(6, 6, generator=g).round(decimals=1)  # ties in b
     assert rank_correlation(a, b) == pytest.approx(spearmanr(a.flatten(), b.flatten()).statistic)
+
+
+def test_old_names_warn_and_forward():
+    import importlib
+    import sys
+
+    from cl_explain.metrics import drop, evaluate
+
+    ramp = torch.arange(6.0).view(2, 3)
+    with pytest.warns(DeprecationWarning, match="normalise_map is deprecated"):
+        assert torch.equal(drop.normalise_map(ramp), drop.mask_weights(ramp))
+    sys.modules.pop("cl_explain.metrics.harness", None)
+    with pytest.warns(DeprecationWarning, match="harness is deprecated"):
+        harness = importlib.import_module("cl_explain.metrics.harness")
+    assert harness.evaluate is evaluate

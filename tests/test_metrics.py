@@ -5,15 +5,13 @@ registered below, and stub out the import of the real method modules.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from cl_explain.explainers import base
-from cl_explain.explainers.base import explain, register_method
+from cl_explain.explainers.base import explain
 from cl_explain.metrics import MetricNotApplicable, max_sensitivity, random_explanation, randomisation_test
 from cl_explain.metrics.drop import drop_increase, mask_weights, masked_image
 from cl_explain.metrics.grounding import energy_pointing_game, pointing_game
@@ -25,103 +23,15 @@ from cl_explain.metrics.perturbation import (
     reference_image,
 )
 from cl_explain.metrics.sanity import spearman
-from cl_explain.models.backbones import StagedBackbone
 from cl_explain.models.similarity import SimilarityModel
 
-SIDE = 16
-PATCH = (slice(4, 8), slice(8, 12))  # the only pixels the toy model looks at (16 pixels = one step)
-
-
-# ------------------------------------------------------------------------------------------- toys
-
-
-class PatchBackbone(nn.Module):
-    """Features ReLU(W x) inside a fixed patch, zero elsewhere: the similarity depends on the patch only."""
-
-    def __init__(self, dim: int = 8, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.conv = nn.Conv2d(3, dim, 1, bias=False)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.randn(dim, 3, 1, 1, generator=g))
-        mask = torch.zeros(1, 1, SIDE, SIDE)
-        mask[..., PATCH[0], PATCH[1]] = 1
-        self.register_buffer("mask", mask)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.conv(x)) * self.mask
-
-
-def patch_model(normalize=None) -> SimilarityModel:
-    return SimilarityModel(PatchBackbone(), None, normalize=normalize, name="patch-toy")
-
-
-def images(seed: int = 0, n: int = 2) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.rand(1, 3, SIDE, SIDE, generator=g) for _ in range(n)]
-
-
-def patch_map(reverse: bool = False) -> torch.Tensor:
-    m = torch.zeros(SIDE, SIDE)
-    m[PATCH] = 1.0
-    return -m if reverse else m
-
-
-def staged_model(seed: int = 0) -> SimilarityModel:
-    torch.manual_seed(seed)
-    stages = OrderedDict(
-        stem=nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU()),
-        layer1=nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.ReLU()),
-    )
-    return SimilarityModel(StagedBackbone(stages), nn.Linear(6, 5), normalize=None, name="staged-toy")
-
-
-CALLS = {"linear": 0}
-
-
-def _register(name: str, **kwargs):
-    """Register a test-only method once (pytest may import this module more than once)."""
-
-    def decorate(fn):
-        if name not in base._REGISTRY:
-            register_method(name, {}, **kwargs)(fn)
-        return fn
-
-    return decorate
-
-
-@_register("_test_metrics_linear")
-def linear_method(model, x1, x2, batch_size=64):
-    """Test: the channel mean of each image (a map linear in the input)."""
-    CALLS["linear"] += 1
-    return x1.mean(1)[0], x2.mean(1)[0]
-
-
-@_register("_test_metrics_constant")
-def constant_method(model, x1, x2, batch_size=64):
-    """Test: a fixed map that ignores the input."""
-    ramp = torch.arange(float(SIDE * SIDE)).view(SIDE, SIDE) + 1
-    return ramp, ramp.flip(0)
-
-
-@_register("_test_metrics_nosens", sensitivity=False)
-def nosens_method(model, x1, x2, batch_size=64):
-    """Test: an occlusion-like method without max-sensitivity."""
-    return x1.mean(1)[0], x2.mean(1)[0]
-
-
-@_register("_test_metrics_cam")
-def cam_method(model, x1, x2, batch_size=64):
-    """Test: CAM-like maps, features weighted by the summed head weights (depends on every block)."""
-    with torch.no_grad():
-        weights = model.head.weight.sum(0)[:, None, None]
-        return tuple((model.features(x)[0] * weights).sum(0) for x in (x1, x2))
+from helpers import SIDE, images, patch_map, patch_model, register_test_methods, staged_model
 
 
 @pytest.fixture(autouse=True)
-def only_test_methods(monkeypatch):
-    """Keep the real explainer modules (owned by others) out of these unit tests."""
-    monkeypatch.setattr(base, "_load_all_methods", lambda: None)
+def registered_test_methods():
+    """The test-only methods, registered for each test (the registry fixture removes them afterwards)."""
+    register_test_methods()
 
 
 # ------------------------------------------------------------------------------ insertion/deletion

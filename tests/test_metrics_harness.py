@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import cl_explain
-from cl_explain.explainers import base
 from cl_explain.explainers.base import PairExplanation, explain, register_method
 from cl_explain.metrics import (
     METRICS,
@@ -23,24 +22,25 @@ from cl_explain.metrics import (
 )
 from cl_explain.metrics.drop import drop_increase
 from cl_explain.metrics.perturbation import perturbation_curves
-from test_metrics import CALLS, SIDE, images, patch_map, patch_model  # also registers the test methods
+from helpers import CALLS, SIDE, images, patch_map, patch_model, register_test_methods
 
 
-@register_method("_test_harness_single", {}, needs_pair=False, sensitivity=False)
 def single_method(model, x1, x2, batch_size=64):
     """Test: a pixel-invariance-like method explaining x1 only."""
     return x1.mean(1)[0], None
 
 
-@register_method("_test_harness_own_image", {}, needs_pair=False)
 def own_image_method(model, x1, x2, batch_size=64):
     """Test: an averaged-transforms-like method whose map2 belongs to an image it made itself."""
     return x1.mean(1)[0], (0.5 * x1).mean(1)[0] ** 2
 
 
 @pytest.fixture(autouse=True)
-def only_test_methods(monkeypatch):
-    monkeypatch.setattr(base, "_load_all_methods", lambda: None)
+def registered_test_methods():
+    """The test-only methods, registered for each test (the registry fixture removes them afterwards)."""
+    register_test_methods()
+    register_method("_test_harness_single", {}, needs_pair=False, sensitivity=False)(single_method)
+    register_method("_test_harness_own_image", {}, needs_pair=False)(own_image_method)
 
 
 def make_pairs(n: int, masks: bool = False) -> list[Pair]:
@@ -238,7 +238,7 @@ def test_cache_key_follows_the_model_weights(tmp_path):
                  progress=False)
     other = patch_model()
     with torch.no_grad():
-        other.backbone.conv.weight.mul_(-1)
+        other.backbone[0].weight.mul_(-1)
     b = evaluate(other, pairs, ["_test_metrics_linear"], ["deletion_conditional"], cache_dir=tmp_path, progress=False)
     assert len(list(tmp_path.rglob("*.json"))) == 2
     assert not np.allclose(a.value, b.value)
@@ -303,7 +303,7 @@ def test_summarise_ci_contains_mean_and_shrinks_with_n():
 
 def test_drop_increase_many_equals_pair_by_pair_and_shares_batches(monkeypatch):
     from cl_explain.metrics import drop_increase_many
-    from test_metrics import staged_model
+    from helpers import staged_model
 
     model = staged_model()
     g = torch.Generator().manual_seed(8)

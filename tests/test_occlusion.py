@@ -16,6 +16,8 @@ from cl_explain.explainers.occlusion import (
 )
 from cl_explain.models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel
 
+from helpers import patch_features
+
 SIDE = 16
 PATCH = (slice(4, 8), slice(8, 12))  # rows, cols of the only pixels the patch model sees
 OCCLUSIONS = ("occlusion", "context_agnostic_occlusion", "pairwise_occlusion")
@@ -28,20 +30,6 @@ def tiny_model(seed: int = 0, normalize: bool = True) -> SimilarityModel:
     )
     head = nn.Sequential(nn.Linear(6, 8, bias=False), nn.Tanh(), nn.Linear(8, 5, bias=False))
     return SimilarityModel(backbone, head, (IMAGENET_MEAN, IMAGENET_STD) if normalize else None)
-
-
-class PatchOnly(nn.Module):
-    """Features depend on the pixels of PATCH only (zero elsewhere): the similarity ignores the rest."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 1, bias=False)
-        mask = torch.zeros(1, 1, SIDE, SIDE)
-        mask[0, 0][PATCH] = 1
-        self.register_buffer("mask", mask)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.conv(x * self.mask))
 
 
 class Constant(nn.Module):
@@ -169,7 +157,7 @@ def test_occluded_pixels_are_zero_in_model_input_space():
 @pytest.mark.parametrize("method", OCCLUSIONS)
 def test_patch_model_lights_up_the_patch(method):
     torch.manual_seed(0)
-    model = SimilarityModel(PatchOnly(), nn.Linear(8, 6, bias=False))
+    model = SimilarityModel(patch_features(SIDE, PATCH), nn.Linear(8, 6, bias=False))
     x1, x2 = images(seed=2)
     params = {"erasures": 100} if method == "pairwise_occlusion" else {"window": 4, "stride": 2}
     result = explain(model, x1, x2, method=method, **params).resized()
@@ -182,7 +170,7 @@ def test_patch_model_lights_up_the_patch(method):
 
 def test_conditional_occlusion_is_zero_away_from_the_patch():
     torch.manual_seed(0)
-    model = SimilarityModel(PatchOnly(), nn.Linear(8, 6, bias=False))
+    model = SimilarityModel(patch_features(SIDE, PATCH), nn.Linear(8, 6, bias=False))
     x1, x2 = images(seed=2)
     result = explain(model, x1, x2, method="occlusion", window=4, stride=2)
     grid = occlusion_grid(SIDE, SIDE, 4, 2)

@@ -8,15 +8,17 @@ import re
 import pytest
 import torch
 
-from cl_explain import explain, load_model
+from cl_explain import explain, list_methods, load_model
 from cl_explain import precision as policy
-from cl_explain.bench import rank_correlation
+from cl_explain.maps import rank_correlation
 from cl_explain.data.scenes import scene_pairs
 from cl_explain.explainers.base import get_method
 from cl_explain.metrics import evaluate_pair
 from cl_explain.precision import BF16_ACCEPTED, BF16_REFUSED, BF16_UNMEASURED, bf16_supported
 
-from test_device import FAST, PACKAGE_METHODS, tiny_model, tiny_pair
+from helpers import FAST, tiny_model, tiny_pair
+
+PACKAGE_METHODS = sorted(list_methods())
 
 FAMILIES = ("insertion", "deletion", "drop")
 FAMILY_METRIC = {"insertion": "insertion_conditional", "deletion": "deletion_conditional",

@@ -25,8 +25,10 @@ from cl_explain.models.vit_checkpoints import vit_from_state_dict
 timm = pytest.importorskip("timm")
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
+from helpers import tiny_vit_state  # noqa: E402
+
 SIDE = 112
-METHODS = sorted(name for name in list_methods() if not name.startswith("_"))
+METHODS = sorted(list_methods())
 FAST = {
     "smoothgrad": {"samples": 4},
     "averaged_transforms": {"step": 0.25},
@@ -35,30 +37,6 @@ FAST = {
     "occlusion": {"stride": 16},
     "context_agnostic_occlusion": {"stride": 16},
 }
-
-
-def tiny_vit_state(width: int, depth: int, patch: int, grid: int, seed: int, dinov2: bool) -> dict[str, torch.Tensor]:
-    """A small random state dict in the official DINO / DINOv2 (with 2 registers) key layout."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=0.1):
-        return torch.randn(*shape, generator=g) * scale
-
-    state = {"cls_token": rand(1, 1, width), "pos_embed": rand(1, 1 + grid * grid, width),
-             "patch_embed.proj.weight": rand(width, 3, patch, patch), "patch_embed.proj.bias": rand(width)}
-    if dinov2:
-        state.update(mask_token=torch.zeros(1, width), register_tokens=rand(1, 2, width))
-    for i in range(depth):
-        b = f"blocks.{i}."
-        for norm in ("norm1", "norm2"):
-            state.update({f"{b}{norm}.weight": 1 + rand(width), f"{b}{norm}.bias": rand(width)})
-        for layer, (rows, cols) in {"attn.qkv": (3 * width, width), "attn.proj": (width, width),
-                                    "mlp.fc1": (4 * width, width), "mlp.fc2": (width, 4 * width)}.items():
-            state.update({f"{b}{layer}.weight": rand(rows, cols, scale=cols ** -0.5), f"{b}{layer}.bias": rand(rows)})
-        if dinov2:
-            state.update({f"{b}ls1.gamma": 0.5 + rand(width), f"{b}ls2.gamma": 0.5 + rand(width)})
-    state.update({"norm.weight": 1 + rand(width), "norm.bias": rand(width)})
-    return state
 
 
 MODELS = {
