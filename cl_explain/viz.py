@@ -11,6 +11,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from .explainers.base import PairExplanation, resize_map
+from ._deprecated import deprecated_alias
 from .maps import minmax
 
 #: Perceptually uniform colour map for saliency overlays.
@@ -25,10 +26,13 @@ def to_numpy_image(x: torch.Tensor) -> np.ndarray:
     return x.permute(1, 2, 0).clamp(0, 1).numpy()
 
 
-def normalise_for_display(saliency: torch.Tensor) -> np.ndarray:
+def normalize_for_display(saliency: torch.Tensor) -> np.ndarray:
     """Min-max scale a map to [0, 1] for display (a constant map shows as zeros)."""
     return minmax(saliency.detach().float().cpu(), constant=0.0).numpy()
 
+
+
+normalise_for_display = deprecated_alias("normalise_for_display", "normalize_for_display", normalize_for_display)
 
 def overlay(ax, image: torch.Tensor, saliency: torch.Tensor | None = None, alpha: float = 0.55,
             title: str | None = None, mask: torch.Tensor | None = None) -> None:
@@ -36,7 +40,7 @@ def overlay(ax, image: torch.Tensor, saliency: torch.Tensor | None = None, alpha
     ax.imshow(to_numpy_image(image))
     if saliency is not None:
         s = resize_map(saliency, tuple(image.shape[-2:]))
-        ax.imshow(normalise_for_display(s), cmap=SALIENCY_CMAP, alpha=alpha, vmin=0, vmax=1)
+        ax.imshow(normalize_for_display(s), cmap=SALIENCY_CMAP, alpha=alpha, vmin=0, vmax=1)
     if mask is not None:
         ax.contour(mask.cpu().numpy().astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
     if title:

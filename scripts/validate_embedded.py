@@ -22,7 +22,7 @@ from cl_explain.data.scenes import scene_pairs
 from cl_explain.metrics import format_table
 from cl_explain.metrics import bootstrap_ci
 from cl_explain.metrics.perturbation import perturbation_curves
-from cl_explain.metrics.sanity import random_explanation, randomisation_test
+from cl_explain.metrics.sanity import random_explanation, randomization_test
 from cl_explain.notebook import markdown_table
 
 
@@ -49,7 +49,7 @@ def main() -> None:
                              progress=False)
     print(f"## {args.model}: {args.pairs} test pairs, {time.perf_counter() - start:.0f} s "
           f"(random_grid: random {grid} x {grid} maps, bilinearly upsampled like the CAMs)\n")
-    print(format_table(cl_explain.summarise(df, n_boot=2000), metrics=metrics))
+    print(format_table(cl_explain.summarize(df, n_boot=2000), metrics=metrics))
 
     per_pair = df[df.metric.isin(metrics)].pivot_table(index=["pair_id", "seed"], columns=["method", "metric"], values="value")
     means = per_pair.mean().unstack()
@@ -84,7 +84,7 @@ def main() -> None:
     rows = []
     for pair in pairs[: args.randomisation_pairs]:
         for method in ("gradcam", "interaction_cam"):
-            table = randomisation_test(model, pair.x1, pair.x2, method)
+            table = randomization_test(model, pair.x1, pair.x2, method)
             table["method"] = method
             rows.append(table)
     sanity = pd.concat(rows).groupby(["method", "step", "randomised"]).spearman.mean().unstack(0)

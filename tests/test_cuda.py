@@ -12,7 +12,7 @@ import torch
 
 from cl_explain import explain, list_methods
 from cl_explain.explainers.base import get_method
-from cl_explain.metrics import PAPER_METRICS, evaluate_pair, random_explanation, randomisation_test
+from cl_explain.metrics import PAPER_METRICS, evaluate_pair, random_explanation, randomization_test
 from cl_explain.models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel
 
 from cl_explain.maps import rank_correlation
@@ -99,7 +99,7 @@ def test_a_seed_means_the_same_map_on_both_devices():
         b = explain(gpu, x1, x, method, seed=7, **FAST.get(method, {}))
         assert rank_correlation(a.map1, b.map1) >= 0.99, method
     assert torch.equal(random_explanation(x1, x2, seed=3).map1, random_explanation(x1.cuda(), x2.cuda(), seed=3).map1)
-    steps = [randomisation_test(m, x1, x2, "gradcam", seed=2)["spearman"] for m in (cpu, gpu)]
+    steps = [randomization_test(m, x1, x2, "gradcam", seed=2)["spearman"] for m in (cpu, gpu)]
     assert (steps[0] - steps[1]).abs().max() < 1e-3  # the re-initialised weights are the same on both
 
 

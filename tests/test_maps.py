@@ -54,3 +54,19 @@ def test_old_names_warn_and_forward():
     with pytest.warns(DeprecationWarning, match="harness is deprecated"):
         harness = importlib.import_module("cl_explain.metrics.harness")
     assert harness.evaluate is evaluate
+
+
+def test_british_spellings_are_deprecated_aliases_of_the_american_names():
+    import pandas as pd
+
+    import cl_explain
+    from cl_explain import viz
+    from cl_explain.metrics import randomisation_test, randomization_test
+
+    df = pd.DataFrame({"method": ["m", "m"], "metric": ["deletion_simultaneous"] * 2, "value": [0.2, 0.4]})
+    with pytest.warns(DeprecationWarning, match="summarise is deprecated; use summarize"):
+        old = cl_explain.summarise(df, n_boot=10)
+    pd.testing.assert_frame_equal(old, cl_explain.summarize(df, n_boot=10))
+    with pytest.warns(DeprecationWarning, match="normalise_for_display is deprecated"):
+        assert (viz.normalise_for_display(torch.ones(2, 2)) == 0).all()
+    assert randomisation_test.__wrapped__ is randomization_test

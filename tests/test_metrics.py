@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cl_explain.explainers.base import explain
-from cl_explain.metrics import MetricNotApplicable, max_sensitivity, random_explanation, randomisation_test
+from cl_explain.metrics import MetricNotApplicable, max_sensitivity, random_explanation, randomization_test
 from cl_explain.metrics.drop import drop_increase, mask_weights, masked_image
 from cl_explain.metrics.grounding import energy_pointing_game, pointing_game
 from cl_explain.metrics.perturbation import (
@@ -349,7 +349,7 @@ def test_randomisation_leaves_model_unchanged_and_decorrelates_maps():
     model = staged_model()
     before = model.fingerprint()
     x1, x2 = images(11)
-    table = randomisation_test(model, x1, x2, "_test_metrics_cam", seed=3)
+    table = randomization_test(model, x1, x2, "_test_metrics_cam", seed=3)
     assert model.fingerprint() == before
     assert list(table.columns) == ["step", "randomised", "image", "spearman"]
     assert table.groupby("step")["randomised"].first().tolist() == ["none", "head", "layer1", "stem"]

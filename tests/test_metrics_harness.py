@@ -1,4 +1,4 @@
-"""evaluate_pair / evaluate / summarise: results equal the metric functions, caching, errors, CIs."""
+"""evaluate_pair / evaluate / summarize: results equal the metric functions, caching, errors, CIs."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +18,7 @@ from cl_explain.metrics import (
     evaluate_pair,
     format_table,
     list_metrics,
-    summarise,
+    summarize,
 )
 from cl_explain.metrics.drop import drop_increase
 from cl_explain.metrics.perturbation import perturbation_curves
@@ -283,7 +283,7 @@ def test_summarise_ci_contains_mean_and_shrinks_with_n():
         for i, v in enumerate(rng.normal(0.5, 0.1, n))
     ]
     rows.append({"pair_id": "0", "seed": 0, "method": "small", "metric": "max_sensitivity", "value": 2.0})
-    summary = summarise(pd.DataFrame(rows), n_boot=500)
+    summary = summarize(pd.DataFrame(rows), n_boot=500)
     assert list(summary.index) == ["small", "large"]
     for method in ("small", "large"):
         s = summary.loc[method, "deletion_simultaneous"]
@@ -294,7 +294,7 @@ def test_summarise_ci_contains_mean_and_shrinks_with_n():
     assert summary.loc["small", ("max_sensitivity", "ci_low")] == 2.0  # one value: a zero-width interval
     values = np.array([r["value"] for r in rows if r["method"] == "small" and r["metric"] == "deletion_simultaneous"])
     assert small["mean"] == pytest.approx(values.mean())
-    assert summarise(pd.DataFrame(rows), n_boot=500).equals(summary)  # seeded
+    assert summarize(pd.DataFrame(rows), n_boot=500).equals(summary)  # seeded
     assert format_table(summary, ["max_sensitivity", "pointing_game"], ci=False).splitlines()[2] == "| small | 2.000 | NA |"
     table = format_table(summary)
     assert table.splitlines()[0] == "| method | SD ↓ | MS ↓ |"

@@ -17,7 +17,7 @@ from torch import nn
 from cl_explain import evaluate_pair, explain, list_methods, list_metrics
 from cl_explain.explainers.base import get_method
 from cl_explain.explainers.rollout import rollout
-from cl_explain.metrics.sanity import cascade_blocks, randomisation_test
+from cl_explain.metrics.sanity import cascade_blocks, randomization_test
 from cl_explain.models.similarity import SimilarityModel
 from cl_explain.models.vit import TokenMap, ViTSimilarityModel, attention_weights
 from cl_explain.models.vit_checkpoints import vit_from_state_dict
@@ -113,7 +113,7 @@ def test_randomisation_cascade_walks_head_then_blocks_then_embedding(model):
     names = [name for name, _ in cascade_blocks(model)]
     assert names == ["head", *[f"block{i}" for i in reversed(range(model.block))], "embed"]
     x1, x2 = pair(2)
-    frame = randomisation_test(model, x1, x2, "gradcam")
+    frame = randomization_test(model, x1, x2, "gradcam")
     assert frame[frame.step == 0].spearman.min() > 0.999 and len(frame) == 2 * (len(names) + 1)
 
 

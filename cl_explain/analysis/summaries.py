@@ -213,13 +213,13 @@ def metric_tables(results: pd.DataFrame, metrics: Sequence[str], n_boot: int = 1
     "scored on" column naming the pair each row was scored on (see `scored_on`); `means` has the
     plain means with the metric names as columns. Rows are (model, method) in first-seen order.
     """
-    from ..metrics import METRICS, summarise
+    from ..metrics import METRICS, summarize
 
     _check_columns(results, {"model", "method", "metric", "value"})
     plain = results[~results["metric"].str.contains(r"_[12]$", regex=True)]
     formatted, means = [], []
     for model, frame in plain.groupby("model", sort=False):
-        summary = summarise(frame, ci=ci, n_boot=n_boot, seed=seed)
+        summary = summarize(frame, ci=ci, n_boot=n_boot, seed=seed)
         present = [m for m in metrics if m in set(summary.columns.get_level_values("metric"))]
         mean = summary.xs("mean", axis=1, level="statistic")[present]
         means.append(mean.rename_axis(columns=None).reset_index().assign(model=model))

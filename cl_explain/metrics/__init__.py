@@ -4,7 +4,7 @@ Every metric is registered next to its implementation with `@register_metric` (`
 insertion/deletion curves (`perturbation`), average drop/increase (`drop`), max-sensitivity
 (`sensitivity`), pointing games (`grounding`); sanity checks are in `sanity`. `evaluate_pair` scores one
 explanation (`scoring`), `evaluate` a grid of pairs x methods (`grid`, cached by `cache`), and
-`summarise` / `format_table` make the paper table with bootstrap confidence intervals (`summary`).
+`summarize` / `format_table` make the paper table with bootstrap confidence intervals (`summary`).
 """
 from ..data.pairs import Pair
 from .common import MetricNotApplicable, ScoredPair
@@ -13,10 +13,10 @@ from .grid import evaluate
 from .grounding import energy_pointing_game, pointing_game
 from .perturbation import Curve, conditional_curve, mean_curves, perturbation_curves, simultaneous_curve
 from .registry import METRICS, MetricSpec, default_options, get_metric, list_metrics, paper_metrics, register_metric
-from .sanity import random_explanation, randomisation_test
+from .sanity import random_explanation, randomisation_test, randomization_test
 from .scoring import evaluate_pair, evaluate_pairs
 from .sensitivity import max_sensitivity
-from .summary import bootstrap_ci, format_table, summarise
+from .summary import bootstrap_ci, format_table, summarise, summarize
 
 #: The columns of the paper's metric table (Table I), in its order.
 PAPER_METRICS = paper_metrics()
@@ -35,6 +35,7 @@ __all__ = [
     "evaluate_pair",
     "evaluate_pairs",
     "evaluate",
+    "summarize",
     "summarise",
     "format_table",
     "bootstrap_ci",
@@ -49,5 +50,6 @@ __all__ = [
     "pointing_game",
     "energy_pointing_game",
     "random_explanation",
+    "randomization_test",
     "randomisation_test",
 ]

@@ -21,6 +21,7 @@ from torch import nn
 from ..explainers.base import PairExplanation, explain, resize_map
 from ..models.backbones import StagedBackbone
 from ..models.similarity import SimilarityModel
+from .._deprecated import deprecated_alias
 from ..maps import rank_correlation
 from ..utils import check_image, cpu_generator
 
@@ -92,7 +93,7 @@ def _reinitialise(module: nn.Module, seed: int) -> None:
             module.to(device)
 
 
-def randomisation_test(
+def randomization_test(
     model: SimilarityModel,
     x1: torch.Tensor,
     x2: torch.Tensor | None,
@@ -119,4 +120,6 @@ def randomisation_test(
     return pd.DataFrame(rows)
 
 
-__all__ = ["random_explanation", "randomisation_test", "spearman", "cascade_blocks"]
+randomisation_test = deprecated_alias("randomisation_test", "randomization_test", randomization_test)
+
+__all__ = ["random_explanation", "randomization_test", "randomisation_test", "spearman", "cascade_blocks"]

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .. import markdown
+from .._deprecated import deprecated_alias
 from .registry import METRICS
 
 
@@ -22,7 +23,7 @@ def bootstrap_ci(values: np.ndarray, ci: float = 0.95, n_boot: int = 1000, rng: 
     return float(low), float(high)
 
 
-def summarise(df: pd.DataFrame, ci: float = 0.95, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def summarize(df: pd.DataFrame, ci: float = 0.95, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Methods (rows, in order of appearance) x metrics (columns): mean, ci_low, ci_high, n over pairs.
 
     Columns are a MultiIndex (metric, statistic); e.g. `summary["deletion_simultaneous"]["mean"]`.
@@ -46,10 +47,13 @@ def summarise(df: pd.DataFrame, ci: float = 0.95, n_boot: int = 1000, seed: int 
     return summary
 
 
+summarise = deprecated_alias("summarise", "summarize", summarize)
+
+
 def format_table(
     summary: pd.DataFrame, metrics: Sequence[str] | None = None, digits: int = 3, ci: bool = True, abbreviate: bool = True
 ) -> str:
-    """A markdown table of a `summarise` result, paper style: "mean [low, high]", NA where undefined.
+    """A markdown table of a `summarize` result, paper style: "mean [low, high]", NA where undefined.
 
     `metrics` picks and orders the columns (e.g. `PAPER_METRICS`); metrics absent from `summary` show NA.
     """
