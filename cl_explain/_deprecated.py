@@ -1,4 +1,5 @@
 """Old public names kept working for a while: each call warns and forwards to the new name."""
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """Helpers on saliency maps shared by methods, metrics and plots: min-max scaling and rank agreement."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The one markdown table writer of the package."""
+
 from __future__ import annotations
 
 from typing import Sequence

@@ -1,4 +1,5 @@
 """The parameters every method and metric shares (precision, batch_size), checked in one place."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping

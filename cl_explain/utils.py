@@ -1,4 +1,5 @@
 """Small shared helpers: seeding, repository paths, input checks, size scaling, figure saving, source digest."""
+
 from __future__ import annotations
 
 import functools
@@ -48,8 +49,9 @@ def to_device(tensor: torch.Tensor, device: torch.device | str, dtype: torch.dty
 AUTO_BATCH_LIMIT, AUTO_MEMORY_SHARE = 1024, 0.5
 
 
-def batch_from_memory(free_bytes: float, per_image_bytes: float, share: float = AUTO_MEMORY_SHARE,
-                      limit: int = AUTO_BATCH_LIMIT) -> int:
+def batch_from_memory(
+    free_bytes: float, per_image_bytes: float, share: float = AUTO_MEMORY_SHARE, limit: int = AUTO_BATCH_LIMIT
+) -> int:
     """The batch size whose images take `share` of `free_bytes` at `per_image_bytes` each (1 to `limit`)."""
     if per_image_bytes <= 0:
         return limit
@@ -92,9 +94,7 @@ def repo_root(start: str | os.PathLike | None = None) -> Path:
     for folder in [here, *here.parents]:
         if (folder / "pyproject.toml").is_file():
             return folder
-    raise FileNotFoundError(
-        f"no pyproject.toml above {here}; run from a checkout of cl-explain or pass explicit paths"
-    )
+    raise FileNotFoundError(f"no pyproject.toml above {here}; run from a checkout of cl-explain or pass explicit paths")
 
 
 def check_image(x: torch.Tensor, name: str = "image", in_range: bool = True) -> torch.Tensor:

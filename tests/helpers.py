@@ -1,4 +1,5 @@
 """Models, images and test-only methods that several test modules share (one definition each)."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -111,15 +112,20 @@ def register_test_methods() -> None:
 TINY_SIDE = 24
 #: Small settings that keep every registered method to well under a second on the tiny models.
 FAST = {
-    "occlusion": {"window": 8, "stride": 4}, "context_agnostic_occlusion": {"window": 8, "stride": 4},
-    "pairwise_occlusion": {"erasures": 8}, "smoothgrad": {"samples": 3},
-    "averaged_transforms": {"noise": True}, "pixel_invariance": {"samples": 8, "epochs": 5},
+    "occlusion": {"window": 8, "stride": 4},
+    "context_agnostic_occlusion": {"window": 8, "stride": 4},
+    "pairwise_occlusion": {"erasures": 8},
+    "smoothgrad": {"samples": 3},
+    "averaged_transforms": {"noise": True},
+    "pixel_invariance": {"samples": 8, "epochs": 5},
 }
 
 
 def tiny_parts(seed: int = 0) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(seed)
-    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, stride=4, padding=1), nn.ReLU())
+    backbone = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, stride=4, padding=1), nn.ReLU()
+    )
     return backbone, nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5))
 
 
@@ -139,17 +145,25 @@ def tiny_vit_state(width: int, depth: int, patch: int, grid: int, seed: int, din
     def rand(*shape, scale=0.1):
         return torch.randn(*shape, generator=g) * scale
 
-    state = {"cls_token": rand(1, 1, width), "pos_embed": rand(1, 1 + grid * grid, width),
-             "patch_embed.proj.weight": rand(width, 3, patch, patch), "patch_embed.proj.bias": rand(width)}
+    state = {
+        "cls_token": rand(1, 1, width),
+        "pos_embed": rand(1, 1 + grid * grid, width),
+        "patch_embed.proj.weight": rand(width, 3, patch, patch),
+        "patch_embed.proj.bias": rand(width),
+    }
     if dinov2:
         state.update(mask_token=torch.zeros(1, width), register_tokens=rand(1, 2, width))
     for i in range(depth):
         b = f"blocks.{i}."
         for norm in ("norm1", "norm2"):
             state.update({f"{b}{norm}.weight": 1 + rand(width), f"{b}{norm}.bias": rand(width)})
-        for layer, (rows, cols) in {"attn.qkv": (3 * width, width), "attn.proj": (width, width),
-                                    "mlp.fc1": (4 * width, width), "mlp.fc2": (width, 4 * width)}.items():
-            state.update({f"{b}{layer}.weight": rand(rows, cols, scale=cols ** -0.5), f"{b}{layer}.bias": rand(rows)})
+        for layer, (rows, cols) in {
+            "attn.qkv": (3 * width, width),
+            "attn.proj": (width, width),
+            "mlp.fc1": (4 * width, width),
+            "mlp.fc2": (width, 4 * width),
+        }.items():
+            state.update({f"{b}{layer}.weight": rand(rows, cols, scale=cols**-0.5), f"{b}{layer}.bias": rand(rows)})
         if dinov2:
             state.update({f"{b}ls1.gamma": 0.5 + rand(width), f"{b}ls2.gamma": 0.5 + rand(width)})
     state.update({"norm.weight": 1 + rand(width), "norm.bias": rand(width)})

@@ -1,4 +1,5 @@
 """Pair Grad-CAM (M4) and Interaction-CAM (M5) against captum, hand-derived gradients and explicit loops."""
+
 from __future__ import annotations
 
 import itertools
@@ -27,9 +28,7 @@ CAM_VARIANTS = [("gradcam", {"weighting": w}) for w in ("elementwise", "channel"
 def backbone(seed: int = 0) -> nn.Module:
     """Tiny CNN ending in a ReLU (non-negative maps like ResNet's layer4): 16 px -> 6 x 4 x 4."""
     torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, stride=4, padding=1), nn.ReLU()
-    )
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, stride=4, padding=1), nn.ReLU())
 
 
 def mlp_model(seed: int = 0) -> SimilarityModel:

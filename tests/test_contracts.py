@@ -5,6 +5,7 @@ finite output of the right shape, the same result under the same seed, results t
 on batch_size, bad input rejected with an error that says what is wrong, and no hook, autograd or
 module mode left behind.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -34,8 +35,13 @@ def state(model: torch.nn.Module) -> dict:
     return {
         "training": [m.training for m in modules],
         "requires_grad": [p.requires_grad for p in model.parameters()],
-        "hooks": [len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-                  + len(getattr(m, "_backward_pre_hooks", {})) for m in modules],
+        "hooks": [
+            len(m._forward_hooks)
+            + len(m._forward_pre_hooks)
+            + len(m._backward_hooks)
+            + len(getattr(m, "_backward_pre_hooks", {}))
+            for m in modules
+        ],
         "grad_enabled": torch.is_grad_enabled(),
         "grads": [p.grad is None for p in model.parameters()],
     }
@@ -193,7 +199,9 @@ def test_a_family_is_computed_by_one_function_and_options_agree():
     register_metric("_test_a", higher_is_better=True, abbreviation="A", description="a", family="_test_f")(one)
     with pytest.raises(ValueError, match="computed by another function"):
         register_metric("_test_b", higher_is_better=True, abbreviation="B", description="b", family="_test_f")(
-            lambda model, items, options: [])
+            lambda model, items, options: []
+        )
     with pytest.raises(ValueError, match="option 'n_draws' defaults to 3"):
-        register_metric("_test_c", higher_is_better=True, abbreviation="C", description="c",
-                        options={"n_draws": 3})(one)
+        register_metric("_test_c", higher_is_better=True, abbreviation="C", description="c", options={"n_draws": 3})(
+            one
+        )

@@ -5,6 +5,7 @@ Skipped, with the reason, where torch sees no CUDA device. TF32 is switched off 
 with it, GPU matmuls and convolutions round to 10 mantissa bits, which is a precision choice, not
 a device difference. scripts/gpu_check.py runs this file as part of its one-go check.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -79,8 +80,10 @@ def test_every_metric_matches_the_cpu():
     x1, x2 = tiny_pair()
     for method in ("gradcam", "occlusion", "smoothgrad"):
         explanation = explain(cpu, x1, x2, method, **FAST.get(method, {}))
-        values = [evaluate_pair(m, x1, x2, explanation, metrics=PAPER_METRICS, on_not_applicable="skip", n_draws=2)
-                  for m in (cpu, gpu)]
+        values = [
+            evaluate_pair(m, x1, x2, explanation, metrics=PAPER_METRICS, on_not_applicable="skip", n_draws=2)
+            for m in (cpu, gpu)
+        ]
         assert values[0].keys() == values[1].keys()
         for key, value in values[0].items():
             if "increase" in key and values[0].get(key.replace("increase", "drop"), 1.0) == 0.0:

@@ -1,5 +1,6 @@
 """The device rule (the model lives where its modules are) and the seed rule (random numbers come from
 CPU generators, so a seed means the same map on every device), checked without a GPU."""
+
 from __future__ import annotations
 
 import ast
@@ -58,9 +59,27 @@ def test_modules_on_different_devices_get_an_error_naming_the_fix():
 # -------------------------------------------------------------------------------------- seed rule
 
 #: torch functions and tensor methods that draw random numbers.
-DRAWS = {"rand", "randn", "randint", "randperm", "normal", "bernoulli", "multinomial", "poisson",
-         "rand_like", "randn_like", "randint_like", "normal_", "uniform_", "random_", "exponential_",
-         "bernoulli_", "cauchy_", "log_normal_", "geometric_"}
+DRAWS = {
+    "rand",
+    "randn",
+    "randint",
+    "randperm",
+    "normal",
+    "bernoulli",
+    "multinomial",
+    "poisson",
+    "rand_like",
+    "randn_like",
+    "randint_like",
+    "normal_",
+    "uniform_",
+    "random_",
+    "exponential_",
+    "bernoulli_",
+    "cauchy_",
+    "log_normal_",
+    "geometric_",
+}
 #: The code that methods and metrics run (model training and the exercises build CPU-only models).
 SCANNED = ("explainers", "metrics", "data/transforms.py", "models/similarity.py", "precision.py", "fidelity.py")
 
@@ -168,9 +187,13 @@ def test_auto_batch_size_on_a_gpu_comes_from_a_probe_pass(monkeypatch):
     monkeypatch.setattr(SimilarityModel, "device", property(lambda self: torch.device("cuda")))
     monkeypatch.setattr(utils, "to_device", lambda tensor, device, dtype=None: tensor)
     probed = []
-    stubs = {"synchronize": lambda device=None: None, "reset_peak_memory_stats": lambda device=None: None,
-             "memory_allocated": lambda device=None: 1_000_000, "max_memory_allocated": lambda device=None: 9_000_000,
-             "mem_get_info": lambda device=None: (1e9, 2e9)}
+    stubs = {
+        "synchronize": lambda device=None: None,
+        "reset_peak_memory_stats": lambda device=None: None,
+        "memory_allocated": lambda device=None: 1_000_000,
+        "max_memory_allocated": lambda device=None: 9_000_000,
+        "mem_get_info": lambda device=None: (1e9, 2e9),
+    }
     for name, stub in stubs.items():
         monkeypatch.setattr(torch.cuda, name, stub)
     model.backbone.register_forward_hook(lambda module, inputs, output: probed.append(inputs[0].shape[0]))

@@ -1,5 +1,6 @@
 """Pixel Invariance (M9): surrogate fit vs a hand-written NumPy gradient descent, map post-processing,
 and localisation on a model whose embedding depends on one patch only."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The shared map helpers: one min-max scaling and one rank correlation, with their constant-map rules."""
+
 from __future__ import annotations
 
 import pytest

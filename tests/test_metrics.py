@@ -3,6 +3,7 @@
 The explainers are written elsewhere; these tests use maps built by hand and tiny test-only methods
 registered below, and stub out the import of the real method modules.
 """
+
 from __future__ import annotations
 
 
@@ -102,7 +103,9 @@ def test_conditional_curve_matches_naive_loop_for_any_batch_size(mode, step):
     map1 = torch.rand(SIDE, SIDE, generator=torch.Generator().manual_seed(7))
     reference = naive_curve(model, x1, x2, map1, mode, step or SIDE)
     for batch_size in (1, 7, 1000):
-        curve = perturbation_curves(model, x1, x2, map1, None, mode, ("conditional_1",), step=step, batch_size=batch_size)
+        curve = perturbation_curves(
+            model, x1, x2, map1, None, mode, ("conditional_1",), step=step, batch_size=batch_size
+        )
         c = curve["conditional_1"]
         np.testing.assert_allclose(c.scores.numpy(), reference, atol=1e-5)
         assert c.auc == pytest.approx(np.trapezoid(reference, c.fractions.numpy()), abs=1e-6)
@@ -158,7 +161,9 @@ def test_ranking_the_patch_first_beats_its_reverse():
 
 
 def g_first_deleted(model, x1, x2):
-    return float(perturbation_curves(model, x1, x2, patch_map(), None, "deletion", ("conditional_1",))["conditional_1"].scores[1])
+    return float(
+        perturbation_curves(model, x1, x2, patch_map(), None, "deletion", ("conditional_1",))["conditional_1"].scores[1]
+    )
 
 
 def test_deletion_endpoints_and_substrate_override():
@@ -325,6 +330,7 @@ def test_random_explanation_on_a_grid():
     corner = SIDE // 4
     assert torch.equal(coarse.map1[:corner, :corner], coarse.map1[0, 0].expand(corner, corner))
     assert coarse.map1[0, 0] != coarse.map1[-1, -1]
+
     # smooth: neighbouring pixels differ far less than in a per-pixel map
     def roughness(m):
         return float((m[1:] - m[:-1]).abs().mean())

@@ -1,4 +1,5 @@
 """Perturbation explainers (M1-M3) against naive loops, hand-built models and RandomErasing semantics."""
+
 from __future__ import annotations
 
 import pytest
@@ -281,7 +282,9 @@ def naive_pairwise(model, x1, x2, erasures, seed):
 def test_pairwise_occlusion_matches_naive_loop_and_credits_only_erased_pixels():
     model = tiny_model(normalize=False)
     x1, x2 = images(seed=7)  # a pair where both images win some draws
-    x1[..., :6, :] = 0.0  # naturally black pixels must not be mistaken for erased ones (the authors' code found erased pixels by a zero channel sum)
+    # naturally black pixels must not be mistaken for erased ones (the authors' code found erased pixels
+    # by a zero channel sum)
+    x1[..., :6, :] = 0.0
     result = explain(model, x1, x2, method="pairwise_occlusion", erasures=30, seed=7, batch_size=8)
     (ref1, ref2), rects1, rects2 = naive_pairwise(model, x1, x2, 30, 7)
     torch.testing.assert_close(result.map1, ref1, atol=1e-5, rtol=0)

@@ -1,5 +1,6 @@
 """The bf16 policy: native hardware only, the backbone alone in bfloat16, a verdict for every method and
 metric family, refusals that say why, and the accepted ones keeping the fp32 ranking."""
+
 from __future__ import annotations
 
 import platform
@@ -21,8 +22,11 @@ from helpers import FAST, tiny_model, tiny_pair
 PACKAGE_METHODS = sorted(list_methods())
 
 FAMILIES = ("insertion", "deletion", "drop")
-FAMILY_METRIC = {"insertion": "insertion_conditional", "deletion": "deletion_conditional",
-                 "drop": "average_drop_conditional"}
+FAMILY_METRIC = {
+    "insertion": "insertion_conditional",
+    "deletion": "deletion_conditional",
+    "drop": "average_drop_conditional",
+}
 
 
 @pytest.fixture
@@ -86,6 +90,7 @@ def test_only_the_backbone_runs_in_bf16_and_the_setting_is_restored(native):
     def record(name):
         def hook(module, inputs, output) -> None:  # returns None: the output is left as it is
             seen.setdefault(name, (inputs[0].dtype, output.dtype))
+
         return hook
 
     hooks = [model.backbone.register_forward_hook(record("backbone")), model.head.register_forward_hook(record("head"))]

@@ -1,4 +1,5 @@
 """The pair-explanation API: one result type, one registry from names to methods, one entry point."""
+
 from __future__ import annotations
 
 import time
@@ -55,9 +56,7 @@ def resize_map(saliency: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if saliency.dim() == 4 and saliency.shape[:2] == (1, 1):
         saliency = saliency[0, 0]
     if saliency.dim() != 2 or min(saliency.shape) < 1:
-        raise ValueError(
-            f"a saliency map must be a 2-D tensor h x w (or 1x1xhxw), got shape {tuple(saliency.shape)}"
-        )
+        raise ValueError(f"a saliency map must be a 2-D tensor h x w (or 1x1xhxw), got shape {tuple(saliency.shape)}")
     if not torch.isfinite(saliency).all():
         raise ValueError("saliency map contains NaN or infinite values; recompute the explanation")
     saliency = saliency.float()
@@ -206,7 +205,12 @@ def explain_perturbed(
 
 
 def _explain(
-    model: SimilarityModel, x1: torch.Tensor, x2: torch.Tensor | None, method: str, params: dict[str, Any], in_range: bool
+    model: SimilarityModel,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    method: str,
+    params: dict[str, Any],
+    in_range: bool,
 ) -> PairExplanation:
     spec = get_method(method)
     if not isinstance(model, SimilarityModel):

@@ -4,6 +4,7 @@ All three run under no_grad, embed each unperturbed image once, and build pertur
 batch (`batch_size` at a time) with tensor masks, so memory stays bounded whatever the grid size.
 The grid helpers (`occlusion_grid`, `rectangle_masks`, `embed_occluded`) are public for reuse.
 """
+
 from __future__ import annotations
 
 import math
@@ -77,8 +78,15 @@ class OcclusionGrid:
 
 def occlusion_grid(height: int, width: int, window: int, stride: int) -> OcclusionGrid:
     """Validated grid of occluding windows (e.g. 224 px, window 64, stride 8 -> a 21x21 map)."""
-    check_window(window, stride, (height, width), "occlusion", "pixels", f"the image ({height}x{width} px)",
-                 "the default scales with the image side")
+    check_window(
+        window,
+        stride,
+        (height, width),
+        "occlusion",
+        "pixels",
+        f"the image ({height}x{width} px)",
+        "the default scales with the image side",
+    )
     return OcclusionGrid(int(height), int(width), window, stride)
 
 

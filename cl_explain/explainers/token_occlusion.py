@@ -15,6 +15,7 @@ value per window position, like the pixel occlusion map.
 
 The prefix tokens (CLS, registers) are always kept.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,10 +34,19 @@ def token_grid(rows: int, cols: int, window: int | None, stride: int) -> Occlusi
     """Windows over a rows x cols patch grid, sizes in patches (window=None: 2/7 of the shorter side)."""
     if window is None:
         window = max(1, round(WINDOW_SHARE * min(rows, cols)))
-    check_window(window, stride, (rows, cols), "token occlusion", "patches", f"the {rows} x {cols} patch grid",
-                 "or window=None for 2/7 of the grid side")
+    check_window(
+        window,
+        stride,
+        (rows, cols),
+        "token occlusion",
+        "patches",
+        f"the {rows} x {cols} patch grid",
+        "or window=None for 2/7 of the grid side",
+    )
     if window * window == rows * cols:
-        raise ValueError(f"a {window} x {window} window removes every patch of the {rows} x {cols} grid; pass a smaller window")
+        raise ValueError(
+            f"a {window} x {window} window removes every patch of the {rows} x {cols} grid; pass a smaller window"
+        )
     return OcclusionGrid(rows, cols, window, stride)
 
 

@@ -6,6 +6,7 @@ insertion/deletion curves (`perturbation`), average drop/increase (`drop`), max-
 explanation (`scoring`), `evaluate` a grid of pairs x methods (`grid`, cached by `cache`), and
 `summarize` / `format_table` make the paper table with bootstrap confidence intervals (`summary`).
 """
+
 from ..data.pairs import Pair
 from .common import MetricNotApplicable, ScoredPair
 from .drop import drop_increase, drop_increase_many

@@ -4,6 +4,7 @@ A key names everything a result depends on (package source digest, model fingerp
 parameters, metric and the options that change it, the pair's images and, for metrics that need
 them, its masks), so a re-run recomputes nothing and a code change recomputes everything.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """What every metric module shares: the "not applicable" signal and the item a metric scores."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -12,6 +12,7 @@ Each map is min-max normalised to [0, 1] and used as a soft mask, x~ = map * x. 
   drop is reported as undefined (None here; the harness marks it "not applicable" and leaves it out)
   while the increase 1[score > base] is still defined.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -107,6 +108,7 @@ def drop_increase_many(
 
     embeddings: dict[tuple[int, int], torch.Tensor] = {}
     for size, group in recipes.items():
+
         def make_batch(lo: int, hi: int, group=group, size=size) -> torch.Tensor:
             rows = group[lo:hi]
             masked = [(moved(x), moved(s, size)) for _, _, x, s in rows if s is not None]
@@ -135,22 +137,49 @@ def _results(embeddings: dict[tuple[int, int], torch.Tensor], index: int, both: 
     return result
 
 
-@register_metric("average_drop_simultaneous", family="drop", higher_is_better=False, abbreviation="SAD", paper_column=5,
-                 pair=True, options={"precision": "fp32"},
-                 description="relative score drop, both images masked by their maps")
-@register_metric("average_increase_simultaneous", family="drop", higher_is_better=True, abbreviation="SIC",
-                 paper_column=6, pair=True, options={"precision": "fp32"},
-                 description="score increase indicator, both images masked")
-@register_metric("average_drop_conditional", family="drop", higher_is_better=False, abbreviation="CAD", paper_column=7,
-                 options={"precision": "fp32"},
-                 description="relative score drop, one image masked (mean of directions)")
-@register_metric("average_increase_conditional", family="drop", higher_is_better=True, abbreviation="CID",
-                 paper_column=8, options={"precision": "fp32"},
-                 description="score increase indicator, one image masked (mean of directions)")
+@register_metric(
+    "average_drop_simultaneous",
+    family="drop",
+    higher_is_better=False,
+    abbreviation="SAD",
+    paper_column=5,
+    pair=True,
+    options={"precision": "fp32"},
+    description="relative score drop, both images masked by their maps",
+)
+@register_metric(
+    "average_increase_simultaneous",
+    family="drop",
+    higher_is_better=True,
+    abbreviation="SIC",
+    paper_column=6,
+    pair=True,
+    options={"precision": "fp32"},
+    description="score increase indicator, both images masked",
+)
+@register_metric(
+    "average_drop_conditional",
+    family="drop",
+    higher_is_better=False,
+    abbreviation="CAD",
+    paper_column=7,
+    options={"precision": "fp32"},
+    description="relative score drop, one image masked (mean of directions)",
+)
+@register_metric(
+    "average_increase_conditional",
+    family="drop",
+    higher_is_better=True,
+    abbreviation="CID",
+    paper_column=8,
+    options={"precision": "fp32"},
+    description="score increase indicator, one image masked (mean of directions)",
+)
 def _drop_family(model: SimilarityModel, items: Sequence[ScoredPair], options: dict) -> list[dict]:
     """Drop/increase of every item, the images of all items embedded in shared batches."""
-    raw = drop_increase_many(model, [(item.x1, item.x2, *item.maps) for item in items],
-                             options["precision"], options["batch_size"])
+    raw = drop_increase_many(
+        model, [(item.x1, item.x2, *item.maps) for item in items], options["precision"], options["batch_size"]
+    )
     return [_drop_values(results, item.metrics) for item, results in zip(items, raw)]
 
 
@@ -163,7 +192,9 @@ def _drop_values(results: dict[str, DropResult], names: Sequence[str]) -> dict:
         found = {d: getattr(results[key], stat) for d, key in directions.items() if key in results}
         if any(v is None for v in found.values()):
             base = next(iter(results.values())).base
-            out[name] = MetricNotApplicable(f"{name}: the relative drop is undefined because S(x1, x2) = {base:.4f} <= 0")
+            out[name] = MetricNotApplicable(
+                f"{name}: the relative drop is undefined because S(x1, x2) = {base:.4f} <= 0"
+            )
         else:
             out[name] = {name: found[0]} if 0 in found else directional(name, found)
     return out

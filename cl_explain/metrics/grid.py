@@ -4,6 +4,7 @@ Pairs are explained and scored a chunk at a time, so metrics that batch across p
 drop/increase) share their batches; every result may be cached on disk (`cache.ResultCache`).
 Non-applicable results are left out, listed in `df.attrs["not_applicable"]` and warned about.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -31,7 +32,9 @@ COLUMNS = ["pair_id", "seed", "method", "metric", "value"]
 _RANDOM_OPTIONS = set(inspect.signature(random_explanation).parameters) - {"x1", "x2", "seed", "model"}
 
 
-def _method_table(methods: Sequence[str] | str, method_params: Mapping[str, Mapping] | None) -> dict[str, tuple[str, dict]]:
+def _method_table(
+    methods: Sequence[str] | str, method_params: Mapping[str, Mapping] | None
+) -> dict[str, tuple[str, dict]]:
     """Labels -> (registered method name, params). A label's params may name the method: {"method": ...}."""
     methods = [methods] if isinstance(methods, str) else list(methods)
     method_params = dict(method_params or {})
@@ -45,8 +48,10 @@ def _method_table(methods: Sequence[str] | str, method_params: Mapping[str, Mapp
         if name == "random":
             unknown = sorted(set(params) - _RANDOM_OPTIONS)
             if unknown:
-                raise ValueError(f"the random baseline takes only {sorted(_RANDOM_OPTIONS)} (its seed is the pair seed), "
-                                 f"got {unknown}")
+                raise ValueError(
+                    f"the random baseline takes only {sorted(_RANDOM_OPTIONS)} (its seed is the pair seed), "
+                    f"got {unknown}"
+                )
         else:
             get_method(name)
         table[label] = (name, params)
@@ -78,9 +83,12 @@ class _Grid:
         images, masks = digests
         return {
             metric: {
-                "code": self.code, "model": self.fingerprint, "method": name,
+                "code": self.code,
+                "model": self.fingerprint,
+                "method": name,
                 "method_params": {k: v for k, v in explain_kw.items() if k != "batch_size"},
-                "metric": metric, "metric_params": result_options(metric, self.options),
+                "metric": metric,
+                "metric_params": result_options(metric, self.options),
                 "pair": [pair.pair_id, pair.seed, images, masks if get_metric(metric).needs_masks else ""],
             }
             for metric in self.metrics
@@ -92,8 +100,9 @@ class _Grid:
         x2 = pair.x2 if get_method(name).needs_pair else None
         return explain(self.model, pair.x1, x2, name, **explain_kw)
 
-    def score_chunk(self, pairs: Sequence[Pair], digests: Sequence[tuple[str, str]], name: str,
-                    explain_kw: dict) -> list[Results]:
+    def score_chunk(
+        self, pairs: Sequence[Pair], digests: Sequence[tuple[str, str]], name: str, explain_kw: dict
+    ) -> list[Results]:
         """Each pair's results: read from the cache, the missing ones explained and scored together."""
         found, todo = [], []
         for index, pair in enumerate(pairs):
@@ -116,11 +125,14 @@ def _cell(pair: Pair, label: str, results: Results) -> tuple[list[dict], list[di
     rows, skipped = [], []
     for metric, values in results.items():
         if isinstance(values, MetricNotApplicable):
-            skipped.append({"pair_id": pair.pair_id, "seed": pair.seed, "method": label, "metric": metric,
-                            "reason": str(values)})
+            skipped.append(
+                {"pair_id": pair.pair_id, "seed": pair.seed, "method": label, "metric": metric, "reason": str(values)}
+            )
             continue
-        rows += [{"pair_id": pair.pair_id, "seed": pair.seed, "method": label, "metric": k, "value": values[k]}
-                 for k in sorted(values, key=lambda k: (k != metric, k))]  # cache-independent order
+        rows += [
+            {"pair_id": pair.pair_id, "seed": pair.seed, "method": label, "metric": k, "value": values[k]}
+            for k in sorted(values, key=lambda k: (k != metric, k))
+        ]  # cache-independent order
     return rows, skipped
 
 
@@ -135,7 +147,8 @@ def _frame(cells: dict[tuple[int, int], tuple[list, list]]) -> pd.DataFrame:
         listing = "; ".join(f"{m}/{k} x{n}" for (m, k), n in counts.items())
         warnings.warn(
             f"{len(skipped)} result(s) are not applicable and were left out ({listing}); "
-            "see df.attrs['not_applicable'] for the reasons", stacklevel=3,
+            "see df.attrs['not_applicable'] for the reasons",
+            stacklevel=3,
         )
     return df
 
@@ -172,10 +185,19 @@ def evaluate(
     pairs = _checked_pairs(pairs)
     options = sized_options(options, model, pairs[0].x1) if pairs else options
     cache = ResultCache(cache_dir)
-    grid = _Grid(model, metrics, options, cache, code=source_digest() if cache.enabled else "",  # new code never reuses old results
-                 fingerprint=model.fingerprint() if cache.enabled else "")
+    grid = _Grid(
+        model,
+        metrics,
+        options,
+        cache,
+        code=source_digest() if cache.enabled else "",  # new code never reuses old results
+        fingerprint=model.fingerprint() if cache.enabled else "",
+    )
     # batch_size reaches explain only when given: otherwise each method keeps its own (size-scaled) default
-    explain_defaults = {"precision": options["precision"], **({"batch_size": params["batch_size"]} if "batch_size" in params else {})}
+    explain_defaults = {
+        "precision": options["precision"],
+        **({"batch_size": params["batch_size"]} if "batch_size" in params else {}),
+    }
     digests = [(tensor_digest(p.x1, p.x2), tensor_digest(p.mask1, p.mask2)) for p in pairs]
     cells: dict[tuple[int, int], tuple[list, list]] = {}  # (pair, method) -> (rows, not-applicable records)
     chunk = max(1, options["batch_size"] // 4)

@@ -2,6 +2,7 @@
 
 Import from `cl_explain.metrics` instead; this module only re-exports the names it used to define.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -11,10 +12,23 @@ from .registry import METRICS, MetricSpec, default_options, list_metrics, paper_
 from .scoring import evaluate_pair, evaluate_pairs
 from .summary import bootstrap_ci, format_table, summarize
 
-warnings.warn("cl_explain.metrics.harness is deprecated; import from cl_explain.metrics", DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "cl_explain.metrics.harness is deprecated; import from cl_explain.metrics", DeprecationWarning, stacklevel=2
+)
 
 PAPER_METRICS = paper_metrics()
 DEFAULT_OPTIONS = default_options()
 
-__all__ = ["METRICS", "PAPER_METRICS", "DEFAULT_OPTIONS", "MetricSpec", "evaluate", "evaluate_pair", "evaluate_pairs",
-           "summarize", "format_table", "bootstrap_ci", "list_metrics"]
+__all__ = [
+    "METRICS",
+    "PAPER_METRICS",
+    "DEFAULT_OPTIONS",
+    "MetricSpec",
+    "evaluate",
+    "evaluate_pair",
+    "evaluate_pairs",
+    "summarize",
+    "format_table",
+    "bootstrap_ci",
+    "list_metrics",
+]

@@ -5,6 +5,7 @@ A registered function computes one *family* of metrics (those sharing forward pa
 item with the item's `metrics` (only metrics of this family reach it). Stacking several
 `@register_metric` decorators on one function makes them one family.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -77,16 +78,31 @@ def register_metric(
     def decorate(fn: FamilyFunction) -> FamilyFunction:
         if name in _REGISTRY:
             raise ValueError(f"metric {name!r} is registered twice")
-        spec = MetricSpec(name, family or name, higher_is_better, abbreviation, description, needs_masks,
-                          dict(options or {}), pair, paper_column, fn, order)
+        spec = MetricSpec(
+            name,
+            family or name,
+            higher_is_better,
+            abbreviation,
+            description,
+            needs_masks,
+            dict(options or {}),
+            pair,
+            paper_column,
+            fn,
+            order,
+        )
         for other in _REGISTRY.values():
             if other.family == spec.family and other.compute is not fn:
-                raise ValueError(f"metric {name!r}: family {spec.family!r} is computed by another function "
-                                 f"({other.name!r}); stack the decorators on one function")
+                raise ValueError(
+                    f"metric {name!r}: family {spec.family!r} is computed by another function "
+                    f"({other.name!r}); stack the decorators on one function"
+                )
             for key in set(other.options) & set(spec.options):
                 if other.options[key] != spec.options[key]:
-                    raise ValueError(f"metric {name!r}: option {key!r} defaults to {spec.options[key]!r}, "
-                                     f"but {other.name!r} sets {other.options[key]!r}")
+                    raise ValueError(
+                        f"metric {name!r}: option {key!r} defaults to {spec.options[key]!r}, "
+                        f"but {other.name!r} sets {other.options[key]!r}"
+                    )
         _REGISTRY[name] = spec
         return fn
 

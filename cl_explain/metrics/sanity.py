@@ -1,4 +1,6 @@
-"""Sanity checks (beyond the paper: explanations must change when the weights do): cascading model-parameter randomisation and a random-map baseline.
+"""Sanity checks beyond the paper: cascading model-parameter randomization and a random-map baseline.
+
+Explanations must change when the weights do.
 
 Randomisation test (after Adebayo et al., "Sanity checks for saliency maps", 2018): on a deep copy of
 the model (the model passed in is never modified), re-initialise blocks one at a time from the top
@@ -9,6 +11,7 @@ Re-initialisation calls each submodule's `reset_parameters()` (BatchNorm also re
 statistics) under a seeded RNG that does not disturb the global one. If either map is constant the
 rank correlation is undefined; we report 0 (no shared ranking) rather than NaN.
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,7 +30,10 @@ from ..utils import check_image, cpu_generator
 
 
 def random_explanation(
-    x1: torch.Tensor, x2: torch.Tensor | None = None, seed: int = 0, model: SimilarityModel | None = None,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None = None,
+    seed: int = 0,
+    model: SimilarityModel | None = None,
     cells: int | None = None,
 ) -> PairExplanation:
     """Baseline: seeded i.i.d. U[0, 1) maps (method name "random").
@@ -58,8 +64,13 @@ def random_explanation(
     similarity = model.score(x1, x2) if (model is not None and x2 is not None) else float("nan")
     params = {"seed": int(seed)} if cells is None else {"seed": int(seed), "cells": cells}
     return PairExplanation(
-        method="random", map1=map1, map2=map2, similarity=similarity, params=params,
-        seconds=0.0, image_size=tuple(x1.shape[-2:]),
+        method="random",
+        map1=map1,
+        map2=map2,
+        similarity=similarity,
+        params=params,
+        seconds=0.0,
+        image_size=tuple(x1.shape[-2:]),
     )
 
 

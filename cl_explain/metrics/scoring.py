@@ -7,6 +7,7 @@ pair=True (both maps scored together) do not apply to it. A metric that is not a
 `MetricNotApplicable` in `evaluate_pair` (or is left out with on_not_applicable="skip"): a result is
 never a silent NaN.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -27,13 +28,18 @@ Results = dict[str, "Values | MetricNotApplicable"]
 
 def sized_options(options: dict[str, Any], model: SimilarityModel, image: torch.Tensor) -> dict[str, Any]:
     """`options` with batch_size="auto" resolved (free GPU memory; the default elsewhere)."""
-    return {**options, "batch_size": resolve_batch_size(options["batch_size"], model, image, COMMON_OPTIONS["batch_size"])}
+    return {
+        **options,
+        "batch_size": resolve_batch_size(options["batch_size"], model, image, COMMON_OPTIONS["batch_size"]),
+    }
 
 
 def _resized_maps(explanation: PairExplanation, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Both maps at the image size, with errors that say which map is broken."""
     if not isinstance(explanation, PairExplanation):
-        raise TypeError(f"explanation must be a PairExplanation (from cl_explain.explain), got {type(explanation).__name__}")
+        raise TypeError(
+            f"explanation must be a PairExplanation (from cl_explain.explain), got {type(explanation).__name__}"
+        )
     if tuple(explanation.image_size) != tuple(size):
         raise ValueError(
             f"the explanation was computed for images of size {tuple(explanation.image_size)} but the pair has size "
@@ -61,7 +67,9 @@ def _explains_the_pair(explanation: PairExplanation) -> bool:
         return True
 
 
-def prepare(x1: torch.Tensor, x2: torch.Tensor, explanation: PairExplanation, metrics: Sequence[str], masks: Any) -> ScoredPair:
+def prepare(
+    x1: torch.Tensor, x2: torch.Tensor, explanation: PairExplanation, metrics: Sequence[str], masks: Any
+) -> ScoredPair:
     """The pair an explanation is scored on (its own partner image, if it made one), checked."""
     if explanation.partner is not None:
         x2 = explanation.partner.to(x1.device)
@@ -108,7 +116,10 @@ def check_policy(on_not_applicable: str) -> None:
 
 def default_metrics(masks: Any) -> list[str]:
     """The paper table, plus the metrics that need masks when there are masks."""
-    return [*paper_metrics(), *(name for name, spec in metric_specs().items() if spec.needs_masks and masks is not None)]
+    return [
+        *paper_metrics(),
+        *(name for name, spec in metric_specs().items() if spec.needs_masks and masks is not None),
+    ]
 
 
 def flatten(results: Results, on_not_applicable: str) -> dict[str, float]:
@@ -130,8 +141,12 @@ def as_pair(item: Any, index: int) -> Pair:
     if x1 is None or x2 is None:
         raise ValueError(f"pair {index} must provide x1 and x2 (a Pair, a make_pair result or a dict)")
     return Pair(
-        x1=x1, x2=x2, mask1=get("mask1"), mask2=get("mask2"),
-        pair_id=str(get("pair_id", None) or f"pair{index}"), seed=int(get("seed", 0) or 0),
+        x1=x1,
+        x2=x2,
+        mask1=get("mask1"),
+        mask2=get("mask2"),
+        pair_id=str(get("pair_id", None) or f"pair{index}"),
+        seed=int(get("seed", 0) or 0),
     )
 
 
@@ -155,7 +170,9 @@ def evaluate_pair(
     """
     check_policy(on_not_applicable)
     item = prepare(x1, x2, explanation, check_metrics(default_metrics(masks) if metrics is None else metrics), masks)
-    return flatten(compute_many(model, [item], sized_options(check_options(params), model, item.x1))[0], on_not_applicable)
+    return flatten(
+        compute_many(model, [item], sized_options(check_options(params), model, item.x1))[0], on_not_applicable
+    )
 
 
 def evaluate_pairs(

@@ -11,6 +11,7 @@ check). `clip=True` clips them to [0, 1] first.
 Methods registered with `sensitivity=False` (occlusion methods, pixel invariance: "NA" in the paper)
 raise `MetricNotApplicable`, as does an all-zero reference map (the ratio is undefined).
 """
+
 from __future__ import annotations
 
 import torch
@@ -60,8 +61,10 @@ def max_sensitivity(
         raise ValueError(f"need n_draws >= 1 and radius >= 0, got n_draws={n_draws}, radius={radius}")
     pair_input = x2 if spec.needs_pair or spec.partner is not None else None
     if pair_input is not None and pair_input.shape != x1.shape:
-        raise ValueError(f"the same noise is added to both images: they need one shape, got {tuple(x1.shape)} "
-                         f"and {tuple(pair_input.shape)}")
+        raise ValueError(
+            f"the same noise is added to both images: they need one shape, got {tuple(x1.shape)} "
+            f"and {tuple(pair_input.shape)}"
+        )
     if explanation.params.get("blur", False):
         reference = _explain_raw(model, x1, pair_input, explanation, clip=False)
     else:
@@ -84,16 +87,27 @@ def max_sensitivity(
     return result
 
 
-@register_metric("max_sensitivity", higher_is_better=False, abbreviation="MS", paper_column=9, family="sensitivity",
-                 description="max relative map change under uniform input noise",
-                 options={"n_draws": 10, "radius": 0.2, "seed": 0, "clip": False})
+@register_metric(
+    "max_sensitivity",
+    higher_is_better=False,
+    abbreviation="MS",
+    paper_column=9,
+    family="sensitivity",
+    description="max relative map change under uniform input noise",
+    options={"n_draws": 10, "radius": 0.2, "seed": 0, "clip": False},
+)
 def _sensitivity_family(model: SimilarityModel, items: list[ScoredPair], options: dict) -> list[dict]:
     """Max-sensitivity of each item (re-explained with the explanation's own precision)."""
     out = []
     for item in items:
         try:
-            values = max_sensitivity(model, item.x1, item.x2, item.explanation,
-                                     **{k: options[k] for k in ("n_draws", "radius", "seed", "clip")})
+            values = max_sensitivity(
+                model,
+                item.x1,
+                item.x2,
+                item.explanation,
+                **{k: options[k] for k in ("n_draws", "radius", "seed", "clip")},
+            )
         except MetricNotApplicable as reason:
             values = reason
         out.append({"max_sensitivity": values})

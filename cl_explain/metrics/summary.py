@@ -1,4 +1,5 @@
 """Summaries of `evaluate` results: means with bootstrap confidence intervals, and the paper-style table."""
+
 from __future__ import annotations
 
 import re
@@ -12,7 +13,9 @@ from .._deprecated import deprecated_alias
 from .registry import METRICS
 
 
-def bootstrap_ci(values: np.ndarray, ci: float = 0.95, n_boot: int = 1000, rng: np.random.Generator | None = None) -> tuple[float, float]:
+def bootstrap_ci(
+    values: np.ndarray, ci: float = 0.95, n_boot: int = 1000, rng: np.random.Generator | None = None
+) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean (a single value gives [value, value])."""
     values = np.asarray(values, dtype=float)
     if values.size == 0:
@@ -37,7 +40,9 @@ def summarize(df: pd.DataFrame, ci: float = 0.95, n_boot: int = 1000, seed: int 
     order = {name: i for i, name in enumerate(METRICS)}
     metric_names = sorted(df["metric"].unique(), key=lambda m: (order.get(re.sub(r"_[12]$", "", m), len(order)), m))
     methods = list(dict.fromkeys(df["method"]))
-    columns = pd.MultiIndex.from_product([metric_names, ["mean", "ci_low", "ci_high", "n"]], names=["metric", "statistic"])
+    columns = pd.MultiIndex.from_product(
+        [metric_names, ["mean", "ci_low", "ci_high", "n"]], names=["metric", "statistic"]
+    )
     summary = pd.DataFrame(index=pd.Index(methods, name="method"), columns=columns, dtype=float)
     for (method, metric), group in df.groupby(["method", "metric"], sort=False):
         values = group["value"].to_numpy(dtype=float)
@@ -51,7 +56,11 @@ summarise = deprecated_alias("summarise", "summarize", summarize)
 
 
 def format_table(
-    summary: pd.DataFrame, metrics: Sequence[str] | None = None, digits: int = 3, ci: bool = True, abbreviate: bool = True
+    summary: pd.DataFrame,
+    metrics: Sequence[str] | None = None,
+    digits: int = 3,
+    ci: bool = True,
+    abbreviate: bool = True,
 ) -> str:
     """A markdown table of a `summarize` result, paper style: "mean [low, high]", NA where undefined.
 
@@ -66,11 +75,13 @@ def format_table(
             return "NA"
         text = f"{mean:.{digits}f}"
         if ci:
-            text += f" [{summary.loc[method, (metric, 'ci_low')]:.{digits}f}, {summary.loc[method, (metric, 'ci_high')]:.{digits}f}]"
+            low, high = summary.loc[method, (metric, "ci_low")], summary.loc[method, (metric, "ci_high")]
+            text += f" [{low:.{digits}f}, {high:.{digits}f}]"
         return text
 
     def header(metric: str) -> str:
         return METRICS[metric].label if abbreviate and metric in METRICS else metric
 
-    return markdown.table(["method", *map(header, metrics)], [[method, *(cell(method, m) for m in metrics)]
-                                                              for method in summary.index])
+    return markdown.table(
+        ["method", *map(header, metrics)], [[method, *(cell(method, m) for m in metrics)] for method in summary.index]
+    )

@@ -1,4 +1,6 @@
-"""Loaders for the checkpoints the paper explains (SimCLRv2, Barlow Twins, SimSiam, DINO and supervised ResNet-50s). Files are supplied by the user.
+"""Loaders for the checkpoints the paper explains: SimCLRv2, Barlow Twins, SimSiam, DINO and supervised ResNet-50s.
+
+Files are supplied by the user.
 
 Each loader rebuilds the released architecture with the parameter names of the official file,
 reads the file safely (`checkpoint_io.read_checkpoint`), matches its keys strictly and wraps the
@@ -6,6 +8,7 @@ result as a SimilarityModel: preprocessing + staged backbone (stem, layer1..laye
 head whose output is explained. Networks are built on the meta device and receive the file's
 tensors directly, so nothing is initialised or allocated twice.
 """
+
 from __future__ import annotations
 
 import os
@@ -115,11 +118,13 @@ def _simclr_v2(content: Mapping, path: Path, name: str, width: int) -> Similarit
     with torch.device("meta"):
         resnet = SimCLRv2ResNet(width)
         channels = resnet.out_channels
-        head = WrappedHead(_mlp(
-            (channels, channels, channels, 128),
-            last_norm=nn.BatchNorm1d(128, eps=SIMCLR_EPS),
-            eps=SIMCLR_EPS,
-        ))
+        head = WrappedHead(
+            _mlp(
+                (channels, channels, channels, 128),
+                last_norm=nn.BatchNorm1d(128, eps=SIMCLR_EPS),
+                eps=SIMCLR_EPS,
+            )
+        )
     load_strict(resnet, resnet_state, path=path, expected=expected)
     load_strict(head, head_state, path=path, expected=expected)
     return SimilarityModel(resnet.staged(), head.layers, normalize=None, name=name)
@@ -284,7 +289,7 @@ def resnet50_from_state_dict(
         path = Path(checkpoint_or_state_dict)
         state = read_checkpoint(path, sha256=sha256, release=_RESNET50_FORMAT)
     if prefix is not None:
-        state = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+        state = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
         if not state:
             raise CheckpointError(f"{str(path)!r} has no keys starting with {prefix!r}; expected {_RESNET50_FORMAT}")
     weight = state.get("fc.weight")

@@ -1,4 +1,5 @@
 """SimCLRv2's ResNet (the TF release's architecture, sk0) in the layout of the public PyTorch conversion."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -40,9 +41,12 @@ class _Bottleneck(nn.Module):
         super().__init__()
         self.projection = _Projection(c_in, 4 * width, stride) if project else nn.Identity()
         self.net = nn.Sequential(
-            _conv(c_in, width, 1), _bn_relu(width),
-            _conv(width, width, 3, stride), _bn_relu(width),
-            _conv(width, 4 * width, 1), _bn_relu(4 * width, relu=False),
+            _conv(c_in, width, 1),
+            _bn_relu(width),
+            _conv(width, width, 3, stride),
+            _bn_relu(width),
+            _conv(width, 4 * width, 1),
+            _bn_relu(4 * width, relu=False),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,10 +56,12 @@ class _Bottleneck(nn.Module):
 class _Stage(nn.Module):
     def __init__(self, n_blocks: int, c_in: int, width: int, stride: int) -> None:
         super().__init__()
-        self.blocks = nn.Sequential(*[
-            _Bottleneck(c_in if i == 0 else 4 * width, width, stride if i == 0 else 1, project=i == 0)
-            for i in range(n_blocks)
-        ])
+        self.blocks = nn.Sequential(
+            *[
+                _Bottleneck(c_in if i == 0 else 4 * width, width, stride if i == 0 else 1, project=i == 0)
+                for i in range(n_blocks)
+            ]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
