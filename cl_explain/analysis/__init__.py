@@ -6,6 +6,7 @@
   pairs with a bootstrap interval and a verdict holds / fails / inconclusive.
 * `published`: the authors' published metric table, as data, and its comparison with ours.
 """
+
 from .published import PUBLISHED, PUBLISHED_SOURCE, published_table, rank_agreement, side_by_side
 from .summaries import (
     CORRELATIONS,
@@ -22,7 +23,24 @@ from .summaries import (
 from .verdicts import CLAIMS, Claim, Comparison, claim_verdicts, paired_verdict
 
 __all__ = [
-    "CORRELATIONS", "bootstrap_correlation", "correlation_table", "inversion_errors", "method_ranks", "metric_tables", "scored_on",
-    "paired_difference", "per_model_means", "read_correlations", "CLAIMS", "Claim", "Comparison", "claim_verdicts", "paired_verdict",
-    "PUBLISHED", "PUBLISHED_SOURCE", "published_table", "rank_agreement", "side_by_side",
+    "CORRELATIONS",
+    "bootstrap_correlation",
+    "correlation_table",
+    "inversion_errors",
+    "method_ranks",
+    "metric_tables",
+    "scored_on",
+    "paired_difference",
+    "per_model_means",
+    "read_correlations",
+    "CLAIMS",
+    "Claim",
+    "Comparison",
+    "claim_verdicts",
+    "paired_verdict",
+    "PUBLISHED",
+    "PUBLISHED_SOURCE",
+    "published_table",
+    "rank_agreement",
+    "side_by_side",
 ]
