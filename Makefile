@@ -57,7 +57,9 @@ browser: ## install headless Chromium and its driver for the browser test (Debia
 		|| echo "could not install chromium and chromium-driver: the browser test will be skipped"; \
 	else echo "chromium or chromedriver missing and not root: the browser test will be skipped"; fi
 
-test: $(STAMP) browser ## run unit tests (with the JupyterLab browser test), notebook tests (nbval) and the papermill CI-profile smoke run
+test: $(STAMP) browser ## lint and format check (ruff), unit tests (with the JupyterLab browser test), notebook tests (nbval), CI-profile smoke run
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q tests
 	$(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		-p no:cacheprovider notebooks/[0-9][0-9]-*.ipynb

@@ -3,8 +3,9 @@
 Pair explanation methods, pair metrics and the analyses of "Visualizing and Understanding
 Contrastive Learning" (Sammani, Joukovsky, Deligiannis, IEEE TIP 2023), runnable offline on a CPU.
 """
+
 from .explainers import PairExplanation, explain, list_methods
-from .metrics import evaluate, evaluate_pair, list_metrics, summarise
+from .metrics import evaluate, evaluate_pair, list_metrics, summarise, summarize
 from .models import SimilarityModel, list_models, load_model
 from .utils import seed_everything
 
@@ -19,7 +20,8 @@ __all__ = [
     "PairExplanation",
     "evaluate_pair",
     "evaluate",
-    "summarise",
+    "summarize",
+    "summarise",  # deprecated alias of summarize
     "list_metrics",
     "seed_everything",
 ]

@@ -15,6 +15,7 @@ or does it waste time elsewhere? Three measured quantities give the answer:
 `compare_precision_runs` checks a bf16 run against an fp32 run (Spearman rank correlation of the
 maps, absolute AUC differences), and `max_rss_mb` reads the process's peak resident memory.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,6 +33,7 @@ from torch import nn
 
 from .data.pairs import Pair
 from .explainers.base import explain, get_method
+from .maps import rank_correlation
 from .metrics import METRICS, MetricNotApplicable, evaluate_pair, evaluate_pairs
 from .models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel, cosine
 from .precision import bf16_status, precision_context  # noqa: F401 (bf16_status re-exported)
@@ -73,7 +75,9 @@ class PassCount:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "forward": self.forward, "forward_grad": self.forward_grad, "backward": self.backward,
+            "forward": self.forward,
+            "forward_grad": self.forward_grad,
+            "backward": self.backward,
             "batches": [[size, grad, n] for (size, grad), n in sorted(self.batches.items())],
         }
 
@@ -82,7 +86,8 @@ def _backbone_of(model: nn.Module) -> nn.Module:
     backbone = getattr(model, "backbone", None)
     if not isinstance(backbone, nn.Module):
         raise TypeError(
-            f"count_passes needs a model with a `backbone` module (a cl_explain.SimilarityModel), got {type(model).__name__}"
+            "count_passes needs a model with a `backbone` module (a cl_explain.SimilarityModel), "
+            f"got {type(model).__name__}"
         )
     return backbone
 
@@ -230,7 +235,9 @@ class Run:
         count = mean_count(self.counts)
         if self.pairs_per_call == 1:
             return count
-        return PassCount(*(round(getattr(count, key) / self.pairs_per_call) for key in ("forward", "forward_grad", "backward")))
+        return PassCount(
+            *(round(getattr(count, key) / self.pairs_per_call) for key in ("forward", "forward_grad", "backward"))
+        )
 
 
 def mean_count(counts: Sequence[PassCount]) -> PassCount:
@@ -238,7 +245,9 @@ def mean_count(counts: Sequence[PassCount]) -> PassCount:
     if not counts:
         raise ValueError("no pass counts to average")
     n = len(counts)
-    mean = PassCount(*(round(sum(getattr(c, key) for c in counts) / n) for key in ("forward", "forward_grad", "backward")))
+    mean = PassCount(
+        *(round(sum(getattr(c, key) for c in counts) / n) for key in ("forward", "forward_grad", "backward"))
+    )
     mean.batches.update(counts[0].batches)
     return mean
 
@@ -259,8 +268,15 @@ def run_method(
         with count_passes(model) as count:
             synchronize(model.device)
             start = time.perf_counter()
-            result = explain(model, pair.x1, pair.x2 if spec.needs_pair else None, method,
-                             batch_size=batch_size, precision=precision, **(params or {}))
+            result = explain(
+                model,
+                pair.x1,
+                pair.x2 if spec.needs_pair else None,
+                method,
+                batch_size=batch_size,
+                precision=precision,
+                **(params or {}),
+            )
             seconds.append(time.perf_counter() - start)
         counts.append(count)
         outputs.append(result.maps)
@@ -287,43 +303,41 @@ def run_metric(
     """
     if len(explanations) != len(pairs):
         raise ValueError(f"need one explanation per pair, got {len(explanations)} for {len(pairs)} pairs")
-    if METRICS[metric].family == "grounding" and any(not pair.has_masks for pair in pairs):
+    if METRICS[metric].needs_masks and any(not pair.has_masks for pair in pairs):
         return Run(metric, [], [], [], not_applicable=f"{metric} needs object masks; these pairs have none")
     with count_passes(model) as count:
         synchronize(model.device)
         start = time.perf_counter()
-        values = evaluate_pairs(model, pairs, explanations, [metric], on_not_applicable="skip",
-                                batch_size=batch_size, precision=precision, **(options or {}))
+        values = evaluate_pairs(
+            model,
+            pairs,
+            explanations,
+            [metric],
+            on_not_applicable="skip",
+            batch_size=batch_size,
+            precision=precision,
+            **(options or {}),
+        )
         seconds = time.perf_counter() - start
     outputs = [v if v else None for v in values]
     if all(v is None for v in outputs):
         try:  # ask the first pair why
-            evaluate_pair(model, pairs[0].x1, pairs[0].x2, explanations[0], metrics=[metric],
-                          batch_size=batch_size, precision=precision, **(options or {}))
+            evaluate_pair(
+                model,
+                pairs[0].x1,
+                pairs[0].x2,
+                explanations[0],
+                metrics=[metric],
+                batch_size=batch_size,
+                precision=precision,
+                **(options or {}),
+            )
         except MetricNotApplicable as reason:
             return Run(metric, [], [], [], not_applicable=str(reason))
     return Run(metric, [seconds], [count], outputs, pairs_per_call=len(pairs))
 
 
 # ---------------------------------------------------------------------------- precision agreement
-
-
-def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two maps of the same shape (average ranks for ties).
-
-    Two constant maps that are equal agree fully (1.0); a constant map against a varying one
-    shares no ranking (0.0) -- never NaN.
-    """
-    from scipy.stats import spearmanr
-
-    a = torch.as_tensor(a).detach().double().flatten().cpu().numpy()
-    b = torch.as_tensor(b).detach().double().flatten().cpu().numpy()
-    if a.shape != b.shape:
-        raise ValueError(f"maps must have the same shape to be compared, got {a.size} and {b.size} values")
-    flat_a, flat_b = np.ptp(a) == 0, np.ptp(b) == 0
-    if flat_a or flat_b:
-        return 1.0 if flat_a and flat_b and np.array_equal(a, b) else 0.0
-    return float(spearmanr(a, b).statistic)
 
 
 @dataclass(frozen=True)
@@ -373,9 +387,15 @@ def resnet50_similarity_model(seed: int = 0) -> SimilarityModel:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         backbone = StagedBackbone.from_torchvision_resnet(torchvision.models.resnet50())
-        head = nn.Sequential(nn.Linear(2048, 2048, bias=False), nn.BatchNorm1d(2048), nn.ReLU(inplace=True),
-                             nn.Linear(2048, 128, bias=False))
-    return SimilarityModel(backbone, head, normalize=(IMAGENET_MEAN, IMAGENET_STD), name=f"resnet50-random-s{seed}").eval()
+        head = nn.Sequential(
+            nn.Linear(2048, 2048, bias=False),
+            nn.BatchNorm1d(2048),
+            nn.ReLU(inplace=True),
+            nn.Linear(2048, 128, bias=False),
+        )
+    return SimilarityModel(
+        backbone, head, normalize=(IMAGENET_MEAN, IMAGENET_STD), name=f"resnet50-random-s{seed}"
+    ).eval()
 
 
 #: scikit-image sample photos (bundled in its wheel) used for the ResNet-50 pairs, in order.

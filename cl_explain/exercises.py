@@ -10,6 +10,7 @@ writes the student copies to notebooks/exercises/student/; `... check` fails whe
 model, compares it with the package's implementation and, when they differ, recognises common
 mistakes to give a specific hint.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -107,9 +108,13 @@ def _diagnose(answer: torch.Tensor, expected: torch.Tensor, mistakes: dict[str, 
         if _close(answer, wrong.float().cpu()):
             return hint
     difference = (answer - expected).abs()
-    where = tuple(int(i) for i in torch.unravel_index(difference.argmax(), difference.shape)) if difference.dim() else ()
-    return (f"{what} differs from the package's by up to {float(difference.max()):.3g} (at index {where}); "
-            "compare your steps with the formula in the exercise text")
+    where = (
+        tuple(int(i) for i in torch.unravel_index(difference.argmax(), difference.shape)) if difference.dim() else ()
+    )
+    return (
+        f"{what} differs from the package's by up to {float(difference.max()):.3g} (at index {where}); "
+        "compare your steps with the formula in the exercise text"
+    )
 
 
 # ---------------------------------------------------------------------------------- exercises
@@ -160,11 +165,13 @@ def _check_occlusion(function: Callable) -> tuple[bool, str, float | None]:
         "the signs are flipped: importance is the DROP S(x1, x2) - S(occluded, other), not the reverse": -expected,
         "you return the occluded similarity; the map is the drop S(x1, x2) - S(occluded, other)": base - expected,
         "map1 and map2 are swapped: map1 belongs to x1 (occluded while x2 stays intact)": expected.flip(0),
-        "the maps are transposed: window k covers rows k // cols and columns k % cols (row-major)":
-            expected.transpose(-1, -2),
+        "the maps are transposed: window k covers rows k // cols and columns k % cols (row-major)": expected.transpose(
+            -1, -2
+        ),
         "the window is set to black (pixel 0); 'zero' means zero in MODEL INPUT space, i.e. "
-        "model.zero_pixel (the mean colour for a normalised model)":
-            torch.stack(_occlusion_reference(model, x1, x2, window, stride, torch.zeros(1, 3, 1, 1))),
+        "model.zero_pixel (the mean colour for a normalised model)": torch.stack(
+            _occlusion_reference(model, x1, x2, window, stride, torch.zeros(1, 3, 1, 1))
+        ),
     }
     return False, _diagnose(answer, expected, mistakes, "your map"), float((answer - expected).abs().max())
 
@@ -177,6 +184,7 @@ def _check_joint_weight(function: Callable) -> tuple[bool, str, float | None]:
     f2 = torch.rand(1, 5, 4, 3, generator=generator) * 2
     worst = 0.0
     for reduction in ("mean", "max", "attn"):
+
         def pool(feat: torch.Tensor) -> torch.Tensor:
             return cam.channel_pool(feat, reduction)
 
@@ -184,7 +192,8 @@ def _check_joint_weight(function: Callable) -> tuple[bool, str, float | None]:
         output = _as_tensor(function(f1.clone(), f2.clone(), reduction), f"alpha for reduction={reduction!r}")
         if output.numel() != expected.numel():
             raise _Mistake(
-                f"reduction={reduction!r}: alpha has {output.numel()} values (shape {tuple(output.shape)}), expected one "
+                f"reduction={reduction!r}: alpha has {output.numel()} values (shape {tuple(output.shape)}), "
+                "expected one "
                 f"per channel ({expected.numel()}): pool each feature map over its h x w positions"
             )
         answer = output.flatten()
@@ -195,18 +204,23 @@ def _check_joint_weight(function: Callable) -> tuple[bool, str, float | None]:
         query = flat1.mean(dim=2)
         scaled = torch.softmax(torch.einsum("bd,bdp->bp", query, flat1) / flat1.shape[1] ** 0.5, dim=1)
         mistakes = {
-            "you pooled the product F1 * F2; pool each map first, then multiply: alpha = r(F1) * r(F2)":
-                pool(f1 * f2).flatten(),
-            "you summed over positions; global average pooling is the MEAN over the h x w positions":
-                (flat1.sum(2) * flat2.sum(2)).flatten(),
-            "you returned r(F1) + r(F2); the joint weight is the PRODUCT r(F1) * r(F2)":
-                (pool(f1) + pool(f2)).flatten(),
+            "you pooled the product F1 * F2; pool each map first, then multiply: alpha = r(F1) * r(F2)": pool(
+                f1 * f2
+            ).flatten(),
+            "you summed over positions; global average pooling is the MEAN over the h x w positions": (
+                flat1.sum(2) * flat2.sum(2)
+            ).flatten(),
+            "you returned r(F1) + r(F2); the joint weight is the PRODUCT r(F1) * r(F2)": (
+                pool(f1) + pool(f2)
+            ).flatten(),
             "you returned only r(F1); the joint weight combines both images: r(F1) * r(F2)": pool(f1).flatten(),
-            "attention pooling uses the UNSCALED dot products q . F_j (no 1/sqrt(D)) in the softmax":
-                (torch.einsum("bp,bdp->bd", scaled, flat1) * cam.attention_pool(f2)).flatten(),
-            "the attention softmax runs over the h*w positions, not over the channels":
-                (torch.einsum("bdp,bd->bd", flat1, torch.softmax(query, dim=1)) *
-                 torch.einsum("bdp,bd->bd", flat2, torch.softmax(flat2.mean(2), dim=1))).flatten(),
+            "attention pooling uses the UNSCALED dot products q . F_j (no 1/sqrt(D)) in the softmax": (
+                torch.einsum("bp,bdp->bd", scaled, flat1) * cam.attention_pool(f2)
+            ).flatten(),
+            "the attention softmax runs over the h*w positions, not over the channels": (
+                torch.einsum("bdp,bd->bd", flat1, torch.softmax(query, dim=1))
+                * torch.einsum("bdp,bd->bd", flat2, torch.softmax(flat2.mean(2), dim=1))
+            ).flatten(),
         }
         hint = _diagnose(answer, expected, mistakes, f"alpha (reduction={reduction!r})")
         return False, f"reduction={reduction!r}: {hint}", worst
@@ -233,21 +247,27 @@ def _check_deletion_auc(function: Callable) -> tuple[bool, str, float | None]:
         return True, f"AUC {float(answer):.4f} matches the package's simultaneous deletion AUC", difference
     scores = curve.scores
     n = scores.numel() - 1
-    conditional = perturbation_curves(model, x1, x2, map1, map2, "deletion", ("conditional_1", "conditional_2"), step=step)
+    conditional = perturbation_curves(
+        model, x1, x2, map1, map2, "deletion", ("conditional_1", "conditional_2"), step=step
+    )
     mistakes = {
         "you averaged the curve points; use the trapezoid rule: (sum s_i - s_0/2 - s_N/2) / N": scores.mean(),
-        "you summed the points without dividing by N (the number of steps)": scores.sum() - (scores[0] + scores[-1]) / 2,
-        "you deleted the LEAST salient pixels first; rank pixels by decreasing saliency":
-            torch.tensor(simultaneous_curve(model, x1, x2, -map1, -map2, "deletion", step=step).auc),
+        "you summed the points without dividing by N (the number of steps)": scores.sum()
+        - (scores[0] + scores[-1]) / 2,
+        "you deleted the LEAST salient pixels first; rank pixels by decreasing saliency": torch.tensor(
+            simultaneous_curve(model, x1, x2, -map1, -map2, "deletion", step=step).auc
+        ),
         "you perturbed one image at a time (that is the conditional metric); simultaneous deletion "
-        "perturbs BOTH images at every step, each by its own map":
-            torch.tensor((conditional["conditional_1"].auc + conditional["conditional_2"].auc) / 2),
-        "deleted pixels were set to black; the substrate is zero in MODEL INPUT space (model.zero_pixel)":
-            torch.tensor(simultaneous_curve(model, x1, x2, map1, map2, "deletion", step=step,
-                                            substrate="black").auc),
+        "perturbs BOTH images at every step, each by its own map": torch.tensor(
+            (conditional["conditional_1"].auc + conditional["conditional_2"].auc) / 2
+        ),
+        "deleted pixels were set to black; the substrate is zero in MODEL INPUT space (model.zero_pixel)": torch.tensor(
+            simultaneous_curve(model, x1, x2, map1, map2, "deletion", step=step, substrate="black").auc
+        ),
         f"the curve should have N + 1 = {n + 1} points (0, {step}, 2*{step}, ... pixels deleted); "
-        "check that you include both the intact start and the fully deleted end":
-            torch.tensor(float(torch.trapezoid(scores[:-1], dx=1.0 / (n - 1)))),
+        "check that you include both the intact start and the fully deleted end": torch.tensor(
+            float(torch.trapezoid(scores[:-1], dx=1.0 / (n - 1)))
+        ),
     }
     return False, _diagnose(answer, expected, mistakes, "your AUC"), difference
 
@@ -262,13 +282,21 @@ class Exercise:
 
 
 EXERCISES: dict[str, Exercise] = {
-    e.name: e for e in [
-        Exercise("conditional_occlusion", "conditional_occlusion(model, x1, x2, window, stride) -> (map1, map2)",
-                 _check_occlusion),
-        Exercise("joint_channel_weight", "joint_channel_weight(f1, f2, reduction) -> alpha (D values)",
-                 _check_joint_weight),
-        Exercise("simultaneous_deletion_auc",
-                 "simultaneous_deletion_auc(model, x1, x2, map1, map2, step) -> float", _check_deletion_auc),
+    e.name: e
+    for e in [
+        Exercise(
+            "conditional_occlusion",
+            "conditional_occlusion(model, x1, x2, window, stride) -> (map1, map2)",
+            _check_occlusion,
+        ),
+        Exercise(
+            "joint_channel_weight", "joint_channel_weight(f1, f2, reduction) -> alpha (D values)", _check_joint_weight
+        ),
+        Exercise(
+            "simultaneous_deletion_auc",
+            "simultaneous_deletion_auc(model, x1, x2, map1, map2, step) -> float",
+            _check_deletion_auc,
+        ),
     ]
 }
 
@@ -282,13 +310,21 @@ def check(exercise: str, function: Callable) -> CheckResult:
     try:
         passed, message, difference = EXERCISES[exercise].checker(function)
     except NotImplementedError:
-        return CheckResult(exercise, False, "not written yet: replace the `raise NotImplementedError(...)` line "
-                           f"with your code ({EXERCISES[exercise].signature})")
+        return CheckResult(
+            exercise,
+            False,
+            "not written yet: replace the `raise NotImplementedError(...)` line "
+            f"with your code ({EXERCISES[exercise].signature})",
+        )
     except _Mistake as mistake:
         return CheckResult(exercise, False, str(mistake))
     except Exception as error:  # the student's code failed: say where, keep the notebook running
-        return CheckResult(exercise, False, f"your function raised {type(error).__name__}: {error}. "
-                           f"Expected signature: {EXERCISES[exercise].signature}")
+        return CheckResult(
+            exercise,
+            False,
+            f"your function raised {type(error).__name__}: {error}. "
+            f"Expected signature: {EXERCISES[exercise].signature}",
+        )
     return CheckResult(exercise, passed, message, difference)
 
 
@@ -374,8 +410,11 @@ def stale_copies(source: str | Path | None = None, target: str | Path | None = N
     """Student copies that are missing or differ from what `generate` would write now (empty = current)."""
     source = Path(source or exercises_dir())
     target = Path(target or source / "student")
-    problems = [str(student) for instructor, student in _pairs(source, target)
-                if not student.is_file() or student.read_text() != _render(instructor)]
+    problems = [
+        str(student)
+        for instructor, student in _pairs(source, target)
+        if not student.is_file() or student.read_text() != _render(instructor)
+    ]
     known = {student for _, student in _pairs(source, target)}
     problems += [f"{orphan} (no instructor version)" for orphan in sorted(set(target.glob("*.ipynb")) - known)]
     return problems
@@ -389,7 +428,9 @@ def leaked_solutions(target: str | Path | None = None) -> list[str]:
     found = []
     for path in sorted(target.glob("*.ipynb")):
         for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
-            if SOLUTION_TAG in cell.get("metadata", {}).get("tags", []) or re.search(r"(BEGIN|END) SOLUTION", cell.source):
+            if SOLUTION_TAG in cell.get("metadata", {}).get("tags", []) or re.search(
+                r"(BEGIN|END) SOLUTION", cell.source
+            ):
                 found.append(f"{path.name} cell {index}")
     return found
 

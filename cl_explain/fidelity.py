@@ -8,15 +8,17 @@ a row keeps the largest absolute difference of its values (AUCs for insertion/de
 drop for drop/increase, plus how many increase indicators flipped). Methods and metrics the policy
 refuses are measured too (inside `measuring_bf16`), so the table shows why they refuse.
 """
+
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .bench import rank_correlation
+from . import markdown
 from .data.pairs import Pair
 from .explainers.base import explain, get_method
+from .maps import rank_correlation
 from .metrics import evaluate_pair
 from .models.similarity import SimilarityModel
 from .precision import BF16_ACCEPTED, measuring_bf16
@@ -25,8 +27,12 @@ from .precision import BF16_ACCEPTED, measuring_bf16
 METRIC_FAMILIES: dict[str, tuple[str, ...]] = {
     "insertion": ("insertion_simultaneous", "insertion_conditional"),
     "deletion": ("deletion_simultaneous", "deletion_conditional"),
-    "drop": ("average_drop_simultaneous", "average_drop_conditional",
-             "average_increase_simultaneous", "average_increase_conditional"),
+    "drop": (
+        "average_drop_simultaneous",
+        "average_drop_conditional",
+        "average_increase_simultaneous",
+        "average_increase_conditional",
+    ),
 }
 
 
@@ -49,8 +55,13 @@ class FidelityRow:
         diff = "" if self.difference is None else f"{self.difference:.4f}"
         if self.flips:
             diff += f" ({self.flips} increase flip{'s' if self.flips > 1 else ''})"
-        return [self.name, "accepted" if self.accepted else "refused",
-                "" if self.spearman is None else f"{self.spearman:.4f}", diff, ratio]
+        return [
+            self.name,
+            "accepted" if self.accepted else "refused",
+            "" if self.spearman is None else f"{self.spearman:.4f}",
+            diff,
+            ratio,
+        ]
 
 
 def _explain_both(model: SimilarityModel, pair: Pair, method: str, params: dict[str, Any]):
@@ -78,11 +89,24 @@ def method_rows(
             seconds[0] += fp32.seconds
             seconds[1] += bf16.seconds
             correlations += [rank_correlation(a, b) for a, b in zip(fp32.maps, bf16.maps)]
-            ref, out = (evaluate_pair(model, pair.x1, pair.x2, e, metrics=list(AUC_METRICS), on_not_applicable="skip",
-                                      **metric_options) for e in (fp32, bf16))
+            ref, out = (
+                evaluate_pair(
+                    model, pair.x1, pair.x2, e, metrics=list(AUC_METRICS), on_not_applicable="skip", **metric_options
+                )
+                for e in (fp32, bf16)
+            )
             differences += [abs(ref[key] - out[key]) for key in ref]
-        rows.append(FidelityRow(method, "method", method in BF16_ACCEPTED, spearman=min(correlations),
-                                difference=max(differences), seconds_fp32=seconds[0], seconds_bf16=seconds[1]))
+        rows.append(
+            FidelityRow(
+                method,
+                "method",
+                method in BF16_ACCEPTED,
+                spearman=min(correlations),
+                difference=max(differences),
+                seconds_fp32=seconds[0],
+                seconds_bf16=seconds[1],
+            )
+        )
     return rows
 
 
@@ -99,8 +123,18 @@ def metric_rows(
             for index, precision in enumerate(("fp32", "bf16")):
                 start = time.perf_counter()
                 with measuring_bf16():
-                    values.append(evaluate_pair(model, pair.x1, pair.x2, explanation, metrics=list(names),
-                                                on_not_applicable="skip", precision=precision, **options))
+                    values.append(
+                        evaluate_pair(
+                            model,
+                            pair.x1,
+                            pair.x2,
+                            explanation,
+                            metrics=list(names),
+                            on_not_applicable="skip",
+                            precision=precision,
+                            **options,
+                        )
+                    )
                 seconds[index] += time.perf_counter() - start
             ref, out = values
             for key in ref:
@@ -110,22 +144,32 @@ def metric_rows(
                     flips += int(ref[key] != out[key])
                 else:
                     differences.append(abs(ref[key] - out[key]))
-        rows.append(FidelityRow(family, "metric", family in BF16_ACCEPTED,
-                                difference=max(differences) if differences else None, flips=flips,
-                                seconds_fp32=seconds[0], seconds_bf16=seconds[1]))
+        rows.append(
+            FidelityRow(
+                family,
+                "metric",
+                family in BF16_ACCEPTED,
+                difference=max(differences) if differences else None,
+                flips=flips,
+                seconds_fp32=seconds[0],
+                seconds_bf16=seconds[1],
+            )
+        )
     return rows
 
 
 def table(rows: Sequence[FidelityRow]) -> str:
     """The rows as a markdown table."""
-    header = ["method / metric family", "bf16 policy", "min Spearman to fp32", "max |AUC or value difference|",
-              "fp32 time / bf16 time"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
-    return "\n".join(lines)
+    header = [
+        "method / metric family",
+        "bf16 policy",
+        "min Spearman to fp32",
+        "max |AUC or value difference|",
+        "fp32 time / bf16 time",
+    ]
+    return markdown.table(header, [row.cells() for row in rows])
 
 
 def as_dicts(rows: Sequence[FidelityRow]) -> list[dict[str, Any]]:
     """The rows as plain dicts (for JSON)."""
     return [row.__dict__.copy() for row in rows]
-

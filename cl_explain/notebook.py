@@ -4,6 +4,7 @@ Notebooks stay thin: they call `setup(seed, figure_dir)` once, get their pairs f
 and save every figure with `show_and_save` and every table with `save_table`, and close with a
 `findings` cell whose Markdown is rendered from computed numbers.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
+from . import markdown
 from .data import Pair, load_image, make_pair
 from .explainers import PairExplanation
 from .utils import figure_bytes, seed_everything, write_bytes_atomic, write_text_atomic
@@ -82,9 +83,7 @@ def markdown_table(df: pd.DataFrame, digits: int = 3, index: bool = False) -> st
     frame = df.reset_index() if index else df
     header = [str(c) for c in frame.columns]
     rows = [[_format_cell(v, digits) for v in row] for row in frame.itertuples(index=False, name=None)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return markdown.table(header, rows) + "\n"
 
 
 def save_table(df: pd.DataFrame, path_stem: str | os.PathLike, digits: int = 3, index: bool = False) -> None:
@@ -100,15 +99,18 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files directly inside `folder`, sorted by name (a clear error when there are none)."""
     path = Path(folder).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"image_folder {str(path)!r} is not a folder; pass a folder of images or '' for the scenes")
+        raise FileNotFoundError(
+            f"image_folder {str(path)!r} is not a folder; pass a folder of images or '' for the scenes"
+        )
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {str(path)!r}")
     return files
 
 
-def load_pairs(n_pairs: int, image_size: int, seed: int, image_folder: str = "", split: str = "test",
-               mode: str = "pure-augmented") -> list[Pair]:
+def load_pairs(
+    n_pairs: int, image_size: int, seed: int, image_folder: str = "", split: str = "test", mode: str = "pure-augmented"
+) -> list[Pair]:
     """`n_pairs` seeded pairs: from the embedded scenes (with masks; `mode` is a pair mode of
     `cl_explain.data.pairings.scene_pairs`) or (pure, augmented) pairs from `image_folder`.
 
@@ -140,7 +142,6 @@ def findings(title: str, items: Iterable[str], notes: Sequence[str] = ()):
     return Markdown("\n".join(lines))
 
 
-
 def split_variant(spec: Mapping[str, Any], label: str) -> tuple[str, dict[str, Any]]:
     """(method name, explain params) of a variant written as {"method": name, **params} (method defaults to label)."""
     params = dict(spec)
@@ -164,8 +165,13 @@ def explain_variants(model, pair, variants: Mapping[str, Mapping[str, Any]]) -> 
     return results
 
 
-def score_variants(model, pairs: Sequence, explanations: Sequence[Mapping[str, PairExplanation]],
-                   metrics: Sequence[str], **options: Any) -> pd.DataFrame:
+def score_variants(
+    model,
+    pairs: Sequence,
+    explanations: Sequence[Mapping[str, PairExplanation]],
+    metrics: Sequence[str],
+    **options: Any,
+) -> pd.DataFrame:
     """Tidy metric rows (pair_id, method, metric, value) for explanations already computed per pair.
 
     Metrics that do not apply (e.g. simultaneous ones for a single-image method) are left out;
@@ -176,10 +182,11 @@ def score_variants(model, pairs: Sequence, explanations: Sequence[Mapping[str, P
     rows = []
     for pair, per_label in zip(pairs, explanations, strict=True):
         masks = (pair.mask1, pair.mask2) if getattr(pair, "mask1", None) is not None else None
-        wanted = [m for m in metrics if masks is not None or METRICS[m].family != "grounding"]
+        wanted = [m for m in metrics if masks is not None or not METRICS[m].needs_masks]
         for label, explanation in per_label.items():
-            values = evaluate_pair(model, pair.x1, pair.x2, explanation, wanted, masks=masks,
-                                   on_not_applicable="skip", **options)
+            values = evaluate_pair(
+                model, pair.x1, pair.x2, explanation, wanted, masks=masks, on_not_applicable="skip", **options
+            )
             rows += [{"pair_id": pair.pair_id, "method": label, "metric": k, "value": v} for k, v in values.items()]
     return pd.DataFrame(rows, columns=["pair_id", "method", "metric", "value"])
 
@@ -203,4 +210,6 @@ def overall(results: pd.DataFrame) -> pd.DataFrame:
 def score_table(results: pd.DataFrame) -> pd.DataFrame:
     """Methods (rows, first-seen order) x metrics (columns): the mean over pairs of `overall(results)`."""
     table = overall(results).groupby(["method", "metric"], sort=False)["value"].mean().unstack()
-    return table.reindex(index=list(dict.fromkeys(results["method"])), columns=list(dict.fromkeys(overall(results)["metric"])))
+    return table.reindex(
+        index=list(dict.fromkeys(results["method"])), columns=list(dict.fromkeys(overall(results)["metric"]))
+    )

@@ -7,6 +7,7 @@ anything, and saving it adds metadata churn to the diff. `lab_form` writes these
 project's kernel reports them and clears outputs; `python -m cl_explain.notebook_files tidy`
 (`make tidy`) rewrites the notebooks, `... check` lists the ones that differ.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,7 +87,9 @@ def tidy(paths: Iterable[str | Path] | None = None) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cl_explain.notebook_files", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["tidy", "check"], help="rewrite the stored notebooks, or list those to rewrite")
+    parser.add_argument(
+        "command", choices=["tidy", "check"], help="rewrite the stored notebooks, or list those to rewrite"
+    )
     args = parser.parse_args(argv)
     if args.command == "tidy":
         for path in tidy():

@@ -12,6 +12,7 @@ Two rules decide whether `precision="bf16"` is accepted:
   under that (Spearman < 0.99 to the fp32 map, or an AUC moved by more than 0.01, measured by
   scripts/bf16_fidelity.py; numbers in the README) refuses bf16 with the measured reason below.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,19 +24,19 @@ import torch
 if TYPE_CHECKING:
     from .models.similarity import SimilarityModel
 
-PRECISIONS = ("fp32", "bf16")
+from .params import PRECISIONS, check_precision_name  # noqa: F401 (PRECISIONS re-exported)
 
 #: What runs in bf16 for the methods (by name) and metric families ("insertion", "deletion", "drop")
 #: that accept it. Anything not listed here refuses bf16 (with the reason in BF16_REFUSED, if measured).
 BF16_ACCEPTED: dict[str, str] = {
     "context_agnostic_occlusion": "the occluded batches' backbone; embeddings, their differences, cosines and "
-                                  "the min-max in fp32 (min Spearman 0.9994 embedded default, 0.9991 ResNet-50; "
-                                  "AUCs of its maps moved by at most 0.0064)",
+    "the min-max in fp32 (min Spearman 0.9994 embedded default, 0.9991 ResNet-50; "
+    "AUCs of its maps moved by at most 0.0064)",
     "pairwise_occlusion": "the erased batches' backbone; drops, softmax weights, norms and credit in fp32 "
-                          "(min Spearman 0.9978 embedded default, 0.9990 ResNet-50; AUCs moved by at most 0.0036)",
+    "(min Spearman 0.9978 embedded default, 0.9990 ResNet-50; AUCs moved by at most 0.0036)",
     "interaction_cam": "the backbone's forward pass; head, dS/dF and the map in fp32 "
-                       "(min Spearman 0.9989 embedded default, 0.9941 ResNet-50 at 112 px, 0.9997 at 224 px; "
-                       "AUCs moved by at most 0.0091)",
+    "(min Spearman 0.9989 embedded default, 0.9941 ResNet-50 at 112 px, 0.9997 at 224 px; "
+    "AUCs moved by at most 0.0091)",
 }
 
 #: Why the others refuse it: the measured fidelity under the backbone-only bf16 above (scripts/bf16_fidelity.py:
@@ -49,22 +50,22 @@ BF16_UNMEASURED: dict[str, str] = {
 
 BF16_REFUSED: dict[str, str] = {
     "occlusion": "its map is a difference of two nearly equal similarities, which bf16 features move as much as "
-                 "a window does (min Spearman 0.983 on a random-weight ResNet-50, 0.998 on the embedded default)",
+    "a window does (min Spearman 0.983 on a random-weight ResNet-50, 0.998 on the embedded default)",
     "gradcam": "its ranking moved on a random-weight ResNet-50 at 112 px (min Spearman 0.988 on the 4 x 4 feature "
-               "map; 0.999 at 224 px) and the AUCs of its maps by up to 0.013 on the embedded default; it runs "
-               "one forward pass, so bf16 would save next to nothing",
+    "map; 0.999 at 224 px) and the AUCs of its maps by up to 0.013 on the embedded default; it runs "
+    "one forward pass, so bf16 would save next to nothing",
     "input_x_gradient": "its map is the input gradient, which flows back through the bf16 backbone "
-                        "(min Spearman 0.864 on a random-weight ResNet-50, 0.897 on the embedded default)",
+    "(min Spearman 0.864 on a random-weight ResNet-50, 0.897 on the embedded default)",
     "smoothgrad": "its map is an average of input gradients through the bf16 backbone "
-                  "(min Spearman 0.890 on a random-weight ResNet-50, 0.9905 on the embedded default)",
+    "(min Spearman 0.890 on a random-weight ResNet-50, 0.9905 on the embedded default)",
     "averaged_transforms": "its map is an average of input gradients through the bf16 backbone "
-                           "(min Spearman 0.864 on a random-weight ResNet-50, 0.951 on the embedded default)",
+    "(min Spearman 0.864 on a random-weight ResNet-50, 0.951 on the embedded default)",
     "pixel_invariance": "its surrogate is fitted to similarities that bf16 moves as much as the augmentations do "
-                        "(min Spearman 0.53 on a random-weight ResNet-50, 0.972 on the embedded default)",
+    "(min Spearman 0.53 on a random-weight ResNet-50, 0.972 on the embedded default)",
     "insertion": "insertion AUCs moved by up to 0.0125 on the embedded default (limit 0.01)",
     "deletion": "deletion AUCs moved by up to 0.01004 on the embedded default (limit 0.01)",
     "drop": "average drops moved by up to 0.016 on the embedded default: a relative drop magnifies the bf16 "
-            "error where S(x1, x2) is small",
+    "error where S(x1, x2) is small",
 }
 
 _X86 = ("x86_64", "amd64", "i386", "i686", "x86")
@@ -109,8 +110,7 @@ def bf16_refusal(name: str | None) -> str | None:
 
 def check_precision(precision: str, device: torch.device | str, name: str | None = None) -> None:
     """Raise unless `precision` may run for method or metric family `name` on `device` (policy, then hardware)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision_name(precision)
     if precision == "fp32" or _measuring:
         return
     reason = bf16_refusal(name)

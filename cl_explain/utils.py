@@ -1,4 +1,5 @@
 """Small shared helpers: seeding, repository paths, input checks, size scaling, figure saving, source digest."""
+
 from __future__ import annotations
 
 import functools
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .params import check_batch_size
 
 #: The image side (pixels) at which the paper states its defaults; other sizes scale from it.
 PAPER_SIDE = 224
@@ -46,19 +49,13 @@ def to_device(tensor: torch.Tensor, device: torch.device | str, dtype: torch.dty
 AUTO_BATCH_LIMIT, AUTO_MEMORY_SHARE = 1024, 0.5
 
 
-def batch_from_memory(free_bytes: float, per_image_bytes: float, share: float = AUTO_MEMORY_SHARE,
-                      limit: int = AUTO_BATCH_LIMIT) -> int:
+def batch_from_memory(
+    free_bytes: float, per_image_bytes: float, share: float = AUTO_MEMORY_SHARE, limit: int = AUTO_BATCH_LIMIT
+) -> int:
     """The batch size whose images take `share` of `free_bytes` at `per_image_bytes` each (1 to `limit`)."""
     if per_image_bytes <= 0:
         return limit
     return max(1, min(limit, int(free_bytes * share // per_image_bytes)))
-
-
-def check_batch_size(batch_size: int | str) -> int | str:
-    """A positive int or "auto", else a ValueError naming both."""
-    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
-    return batch_size
 
 
 def resolve_batch_size(batch_size: int | str, model, image: torch.Tensor, default: int, backward: bool = False) -> int:
@@ -97,13 +94,11 @@ def repo_root(start: str | os.PathLike | None = None) -> Path:
     for folder in [here, *here.parents]:
         if (folder / "pyproject.toml").is_file():
             return folder
-    raise FileNotFoundError(
-        f"no pyproject.toml above {here}; run from a checkout of cl-explain or pass explicit paths"
-    )
+    raise FileNotFoundError(f"no pyproject.toml above {here}; run from a checkout of cl-explain or pass explicit paths")
 
 
-def check_image(x: torch.Tensor, name: str = "image") -> torch.Tensor:
-    """Validate an image tensor: shape 1x3xHxW, floating point, finite, values in [0, 1]."""
+def check_image(x: torch.Tensor, name: str = "image", in_range: bool = True) -> torch.Tensor:
+    """Validate an image tensor: shape 1x3xHxW, floating point, finite, values in [0, 1] (if `in_range`)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(
             f"{name} must be a torch.Tensor of shape 1x3xHxW in [0, 1], got {type(x).__name__}; "
@@ -118,6 +113,8 @@ def check_image(x: torch.Tensor, name: str = "image") -> torch.Tensor:
         raise TypeError(f"{name} must be a float tensor in [0, 1], got dtype {x.dtype}; divide uint8 images by 255")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or infinite values")
+    if not in_range:
+        return x
     lo, hi = float(x.min()), float(x.max())
     if lo < -1e-6 or hi > 1 + 1e-6:
         raise ValueError(

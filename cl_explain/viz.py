@@ -1,4 +1,5 @@
 """Figure builders: they return matplotlib figures and never show or save (notebooks use notebook.show_and_save)."""
+
 from __future__ import annotations
 
 import math
@@ -12,6 +13,8 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 
 from .explainers.base import PairExplanation, resize_map
+from ._deprecated import deprecated_alias
+from .maps import minmax
 
 #: Perceptually uniform colour map for saliency overlays.
 SALIENCY_CMAP = "inferno"
@@ -25,20 +28,27 @@ def to_numpy_image(x: torch.Tensor) -> np.ndarray:
     return x.permute(1, 2, 0).clamp(0, 1).numpy()
 
 
-def normalise_for_display(saliency: torch.Tensor) -> np.ndarray:
+def normalize_for_display(saliency: torch.Tensor) -> np.ndarray:
     """Min-max scale a map to [0, 1] for display (a constant map shows as zeros)."""
-    s = saliency.detach().float().cpu()
-    span = float(s.max() - s.min())
-    return ((s - s.min()) / span).numpy() if span > 0 else np.zeros(tuple(s.shape), dtype=np.float32)
+    return minmax(saliency.detach().float().cpu(), constant=0.0).numpy()
 
 
-def overlay(ax, image: torch.Tensor, saliency: torch.Tensor | None = None, alpha: float = 0.55,
-            title: str | None = None, mask: torch.Tensor | None = None) -> None:
+normalise_for_display = deprecated_alias("normalise_for_display", "normalize_for_display", normalize_for_display)
+
+
+def overlay(
+    ax,
+    image: torch.Tensor,
+    saliency: torch.Tensor | None = None,
+    alpha: float = 0.55,
+    title: str | None = None,
+    mask: torch.Tensor | None = None,
+) -> None:
     """Draw `image` with `saliency` (resized bilinearly to the image) on top; optional mask contour."""
     ax.imshow(to_numpy_image(image))
     if saliency is not None:
         s = resize_map(saliency, tuple(image.shape[-2:]))
-        ax.imshow(normalise_for_display(s), cmap=SALIENCY_CMAP, alpha=alpha, vmin=0, vmax=1)
+        ax.imshow(normalize_for_display(s), cmap=SALIENCY_CMAP, alpha=alpha, vmin=0, vmax=1)
     if mask is not None:
         ax.contour(mask.cpu().numpy().astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
     if title:
@@ -53,14 +63,26 @@ def saliency_colorbar(fig: Figure, axes, shrink: float = 0.8, anchor: tuple[floa
     not as values comparable across maps. `shrink` is its length as a share of the axes' height,
     `anchor` where it sits ((0, 0): at the bottom). Needs a figure with layout="constrained".
     """
-    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), SALIENCY_CMAP), ax=np.asarray(axes).ravel().tolist(),
-                       shrink=shrink, anchor=anchor, panchor=False, aspect=12 / shrink, pad=0.02)
+    bar = fig.colorbar(
+        ScalarMappable(Normalize(0, 1), SALIENCY_CMAP),
+        ax=np.asarray(axes).ravel().tolist(),
+        shrink=shrink,
+        anchor=anchor,
+        panchor=False,
+        aspect=12 / shrink,
+        pad=0.02,
+    )
     bar.set_ticks([0, 1], labels=["low", "high"], fontsize=7)
     bar.set_label("saliency (each map scaled\nto its own range)", fontsize=7)
 
 
-def pair_figure(x1: torch.Tensor, x2: torch.Tensor, explanation: PairExplanation, title: str | None = None,
-                masks: Sequence[torch.Tensor | None] = (None, None)) -> Figure:
+def pair_figure(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    explanation: PairExplanation,
+    title: str | None = None,
+    masks: Sequence[torch.Tensor | None] = (None, None),
+) -> Figure:
     """The two views and their maps (2 x 2), titled with the similarity."""
     fig, axes = plt.subplots(2, 2, figsize=(5.6, 5), layout="constrained")
     overlay(axes[0, 0], x1, title="x1", mask=masks[0])
@@ -75,8 +97,9 @@ def pair_figure(x1: torch.Tensor, x2: torch.Tensor, explanation: PairExplanation
     return fig
 
 
-def method_grid(x1: torch.Tensor, x2: torch.Tensor, explanations: Mapping[str, PairExplanation],
-                title: str | None = None) -> Figure:
+def method_grid(
+    x1: torch.Tensor, x2: torch.Tensor, explanations: Mapping[str, PairExplanation], title: str | None = None
+) -> Figure:
     """Rows = the two images, columns = the images then one column per method."""
     n = len(explanations) + 1
     fig, axes = plt.subplots(2, n, figsize=(1.7 * n + 0.6, 3.6), squeeze=False, layout="constrained")
@@ -95,8 +118,12 @@ def method_grid(x1: torch.Tensor, x2: torch.Tensor, explanations: Mapping[str, P
     return fig
 
 
-def image_grid(images: Sequence[Sequence[torch.Tensor]], row_labels: Sequence[str] = (),
-               col_labels: Sequence[str] = (), title: str | None = None) -> Figure:
+def image_grid(
+    images: Sequence[Sequence[torch.Tensor]],
+    row_labels: Sequence[str] = (),
+    col_labels: Sequence[str] = (),
+    title: str | None = None,
+) -> Figure:
     """A grid of images (rows of 1x3xHxW tensors), e.g. feature inversion depth x model."""
     rows, cols = len(images), max(len(r) for r in images)
     fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.8 * rows), squeeze=False)
@@ -117,8 +144,12 @@ def image_grid(images: Sequence[Sequence[torch.Tensor]], row_labels: Sequence[st
     return fig
 
 
-def curves_figure(curves: Mapping[str, np.ndarray | torch.Tensor], title: str = "", xlabel: str = "fraction of pixels",
-                  ylabel: str = "similarity") -> Figure:
+def curves_figure(
+    curves: Mapping[str, np.ndarray | torch.Tensor],
+    title: str = "",
+    xlabel: str = "fraction of pixels",
+    ylabel: str = "similarity",
+) -> Figure:
     """Insertion/deletion-style curves on [0, 1], one line per label."""
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
     for label, curve in curves.items():
@@ -132,8 +163,9 @@ def curves_figure(curves: Mapping[str, np.ndarray | torch.Tensor], title: str = 
     return fig
 
 
-def mean_curves_figure(curves: Mapping[str, Mapping[str, Mapping]], title: str,
-                       baselines: Sequence[str] = ("random", "random_grid")) -> Figure:
+def mean_curves_figure(
+    curves: Mapping[str, Mapping[str, Mapping]], title: str, baselines: Sequence[str] = ("random", "random_grid")
+) -> Figure:
     """One panel per mode ({mode: `metrics.mean_curves` output}): mean curve and 95% band per label.
 
     Baseline labels (random maps) are drawn dashed in grey tones; both axes run over [0, 1] (the
@@ -144,9 +176,14 @@ def mean_curves_figure(curves: Mapping[str, Mapping[str, Mapping]], title: str,
         lowest = 0.0
         for label, c in per_label.items():
             baseline = label in baselines
-            line, = ax.plot(c["fractions"], c["mean"], linewidth=1.0 if baseline else 1.3,
-                            linestyle="--" if baseline else "-", color="0.45" if label == "random" else
-                            "0.7" if baseline else None, label=f"{label} (AUC {c['auc']:.3f})")
+            (line,) = ax.plot(
+                c["fractions"],
+                c["mean"],
+                linewidth=1.0 if baseline else 1.3,
+                linestyle="--" if baseline else "-",
+                color="0.45" if label == "random" else "0.7" if baseline else None,
+                label=f"{label} (AUC {c['auc']:.3f})",
+            )
             ax.fill_between(c["fractions"], c["low"], c["high"], color=line.get_color(), alpha=0.15, linewidth=0)
             lowest = min(lowest, float(np.min(c["low"])))
         ax.set_xlim(0, 1)
@@ -194,8 +231,9 @@ def published_figure(side, agreement, model: str, abbreviations: Mapping[str, st
         lines = []
         for marker, paper in zip(markers, paper_models):
             ax.scatter(frame["ours"], frame[paper], marker=marker, s=18, label=paper)
-            hit = agreement[(agreement["model"] == model) & (agreement["metric"] == metric)
-                            & (agreement["paper_model"] == paper)]
+            hit = agreement[
+                (agreement["model"] == model) & (agreement["metric"] == metric) & (agreement["paper_model"] == paper)
+            ]
             if len(hit):
                 r = hit.iloc[0]
                 lines.append(f"{paper.split('-r50')[0]}: ρ {r.spearman:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]")
@@ -203,7 +241,7 @@ def published_figure(side, agreement, model: str, abbreviations: Mapping[str, st
         ax.set_xlabel("ours", fontsize=7)
         ax.set_ylabel("published", fontsize=7)
         ax.tick_params(labelsize=6)
-    for ax in axes.ravel()[len(metrics):]:
+    for ax in axes.ravel()[len(metrics) :]:
         ax.set_axis_off()
     if metrics:
         axes.ravel()[0].legend(fontsize=6)
@@ -224,11 +262,20 @@ def accuracy_scatter(means, table, accuracy_kind: str, metric_names: Mapping[str
     for ax, metric in zip(axes[0], shown):
         for label, group in means[means["metric"] == metric].groupby("method", sort=False):
             row = table[(table["method"] == label) & (table["metric"] == metric)].iloc[0]
-            ax.plot(group["accuracy"], group["mean"], "o",
-                    label=f"{label} (r={row['r']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}])")
+            ax.plot(
+                group["accuracy"],
+                group["mean"],
+                "o",
+                label=f"{label} (r={row['r']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}])",
+            )
             for _, point in group.iterrows():
-                ax.annotate(str(point["model"]).replace("embedded-", ""), (point["accuracy"], point["mean"]),
-                            fontsize=5, xytext=(3, 2), textcoords="offset points")
+                ax.annotate(
+                    str(point["model"]).replace("embedded-", ""),
+                    (point["accuracy"], point["mean"]),
+                    fontsize=5,
+                    xytext=(3, 2),
+                    textcoords="offset points",
+                )
         ax.set_xlabel(f"{accuracy_kind} accuracy", fontsize=8)
         ax.set_ylabel(metric, fontsize=8)
         ax.set_title(metric_names[metric], fontsize=9)

@@ -7,6 +7,7 @@ nothing displayed, nothing cached). `PairExplorer` only wires ipywidgets control
 exception inside a callback is shown in the widget (ipywidgets would otherwise swallow it).
 Notebooks follow the widget cell with a static call of `render_pair`.
 """
+
 from __future__ import annotations
 
 import html
@@ -14,18 +15,27 @@ import os
 import textwrap
 import time
 from dataclasses import replace
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 from torchvision.transforms.v2 import functional as TF
 
 from .data.transforms import (
-    SIMCLR_RECIPE, _coin, as_batch, photometric, pure_crop_box, pure_view, sample_crop,
+    SIMCLR_RECIPE,
+    _coin,
+    as_batch,
+    photometric,
+    pure_crop_box,
+    pure_view,
+    sample_crop,
 )
 from .explainers import explain, get_method, list_methods
 from .explainers.base import resolve_params
 from .models.similarity import SimilarityModel
 from .utils import cpu_generator
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Parameters every method has that the explorer does not expose (they do not change the map's meaning).
 HIDDEN_PARAMS = ("batch_size", "precision", "blur")
@@ -61,7 +71,7 @@ CONTROL_HELP = {
     "path": "type a path to an image file and press Enter: it is added to the image list and selected",
     "seed": "seeds the random augmentation of x2 (no effect at strength 0)",
     "strength": "0: x2 is x1's plain view itself; 1: the SimCLR augmentation recipe; in between, x2's crop "
-                "moves from x1's region toward a random crop and the colour changes grow",
+    "moves from x1's region toward a random crop and the colour changes grow",
     "size": "side in pixels of both views; parameters measured in pixels restart at explain's defaults for it",
     "model": "the model whose similarity S(x1, x2) is explained",
     "method": "the explanation method (hover over its parameters for help)",
@@ -85,20 +95,33 @@ def strength_view(image: torch.Tensor, size: int, seed: int, strength: float = 1
     generator = cpu_generator(int(seed))
     height, width = image.shape[-2:]
     sampled = sample_crop(height, width, generator, recipe["crop_scale"], recipe["crop_ratio"])
-    top, left, box_h, box_w = (int(round(p + strength * (s - p)))
-                               for p, s in zip(pure_crop_box(height, width, size), sampled))
+    top, left, box_h, box_w = (
+        int(round(p + strength * (s - p))) for p, s in zip(pure_crop_box(height, width, size), sampled)
+    )
     box_h, box_w = max(1, min(box_h, height - top)), max(1, min(box_w, width - left))
     view = TF.resized_crop(image, top, left, box_h, box_w, [size, size], antialias=True).clamp(0, 1)
     if _coin(generator, recipe["flip_p"] * strength):
         view = view.flip(-1)
     jitter = tuple(strength * v for v in recipe["jitter"])
-    view = photometric(view, generator, size, jitter, recipe["jitter_p"] * strength,
-                       recipe["gray_p"] * strength, recipe["blur_p"] * strength)
+    view = photometric(
+        view,
+        generator,
+        size,
+        jitter,
+        recipe["jitter_p"] * strength,
+        recipe["gray_p"] * strength,
+        recipe["blur_p"] * strength,
+    )
     return view.clamp(0, 1)
 
 
-def strength_sweep(model: SimilarityModel, images: Mapping[str, torch.Tensor], size: int,
-                   strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0), seeds: int = 4) -> "pd.DataFrame":
+def strength_sweep(
+    model: SimilarityModel,
+    images: Mapping[str, torch.Tensor],
+    size: int,
+    strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    seeds: int = 4,
+) -> "pd.DataFrame":
     """S(pure view, strength view) of every image at every strength for seeds 0..seeds-1.
 
     Tidy rows (image, strength, seed, similarity); the mean per (image, strength) is
@@ -112,8 +135,14 @@ def strength_sweep(model: SimilarityModel, images: Mapping[str, torch.Tensor], s
         x1, _ = pure_view(image, size)
         for strength in strengths:
             for seed in range(seeds):
-                rows.append({"image": name, "strength": strength, "seed": seed,
-                             "similarity": model.score(x1, strength_view(image, size, seed, strength))})
+                rows.append(
+                    {
+                        "image": name,
+                        "strength": strength,
+                        "seed": seed,
+                        "similarity": model.score(x1, strength_view(image, size, seed, strength)),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -140,9 +169,13 @@ def initial_params(method: str, side: int, overrides: Mapping[str, Any] | None =
     spec = get_method(method)
     overrides = dict(overrides or {})
     resolved = resolve_params(spec, side, overrides)
-    return {name: value for name, value in resolved.items()
-            if (name in spec.defaults or name in overrides) and name not in HIDDEN_PARAMS
-            and isinstance(value, (bool, int, float, str))}
+    return {
+        name: value
+        for name, value in resolved.items()
+        if (name in spec.defaults or name in overrides)
+        and name not in HIDDEN_PARAMS
+        and isinstance(value, (bool, int, float, str))
+    }
 
 
 def explain_call(method: str, params: Mapping[str, Any]) -> str:
@@ -177,8 +210,11 @@ def render_pair(
     explanation = explain(model, x1, x2 if pairwise else None, method, **params)
     similarity = model.score(x1, x2)
     shown = ", ".join(f"{k}={v}" for k, v in params.items())
-    heading = title or (textwrap.fill(f"{model.name} | {method}{f' ({shown})' if shown else ''}", 64)
-                        + f"\nS(x1, x2) = {similarity:.3f}" + ("" if pairwise else " | explains x1 alone"))
+    heading = title or (
+        textwrap.fill(f"{model.name} | {method}{f' ({shown})' if shown else ''}", 64)
+        + f"\nS(x1, x2) = {similarity:.3f}"
+        + ("" if pairwise else " | explains x1 alone")
+    )
     # A single-image method's second map (if any) belongs to its own transformed copy, not to x2.
     shown_explanation = explanation if pairwise else replace(explanation, map2=None)
     return pair_figure(x1, x2, shown_explanation, title=heading), explanation
@@ -187,8 +223,12 @@ def render_pair(
 def _described(name: str, help_text: str) -> dict[str, Any]:
     """Label and hover text of a control. The text is also put on the label itself, because ipywidgets 8
     shows `tooltip` on a dropdown, checkbox or text box only when it has no description."""
-    return {"description": f'<span title="{html.escape(help_text)}">{html.escape(name)}</span>',
-            "description_allow_html": True, "tooltip": help_text, "style": {"description_width": "initial"}}
+    return {
+        "description": f'<span title="{html.escape(help_text)}">{html.escape(name)}</span>',
+        "description_allow_html": True,
+        "tooltip": help_text,
+        "style": {"description_width": "initial"},
+    }
 
 
 def _control(name: str, value: Any, choices: tuple | None):
@@ -215,9 +255,15 @@ class PairExplorer:
     `last` the most recent explanation.
     """
 
-    def __init__(self, images: Mapping[str, torch.Tensor], models: Mapping[str, Callable[[], SimilarityModel]],
-                 methods: list[str] | None = None, size: int = 96, method: str = "interaction_cam",
-                 overrides: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        images: Mapping[str, torch.Tensor],
+        models: Mapping[str, Callable[[], SimilarityModel]],
+        methods: list[str] | None = None,
+        size: int = 96,
+        method: str = "interaction_cam",
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         import ipywidgets as w
 
         if not images or not models:
@@ -230,31 +276,50 @@ class PairExplorer:
         self.loaded: dict[str, SimilarityModel] = {}
         self.last = None
         self.param_widgets: dict[str, Any] = {}
+
         def tip(name: str) -> dict[str, Any]:
             return _described(name, CONTROL_HELP[name])
 
         self.image_box = w.Dropdown(options=list(self.images), layout=w.Layout(width="300px"), **tip("image"))
-        self.path_box = w.Text(value="", placeholder="or type a path to an image file + Enter", continuous_update=False,
-                               layout=w.Layout(width="360px"), **tip("path"))
+        self.path_box = w.Text(
+            value="",
+            placeholder="or type a path to an image file + Enter",
+            continuous_update=False,
+            layout=w.Layout(width="360px"),
+            **tip("path"),
+        )
         self.seed_box = w.IntSlider(value=0, min=0, max=99, continuous_update=False, **tip("seed"))
-        self.strength_box = w.FloatSlider(value=1.0, min=0.0, max=1.0, step=0.05, continuous_update=False,
-                                         **tip("strength"))
-        self.size_box = w.BoundedIntText(value=int(size), min=16, max=512, layout=w.Layout(width="150px"), **tip("size"))
+        self.strength_box = w.FloatSlider(
+            value=1.0, min=0.0, max=1.0, step=0.05, continuous_update=False, **tip("strength")
+        )
+        self.size_box = w.BoundedIntText(
+            value=int(size), min=16, max=512, layout=w.Layout(width="150px"), **tip("size")
+        )
         self.model_box = w.Dropdown(options=list(self.models), layout=w.Layout(width="300px"), **tip("model"))
         self.method_box = w.Dropdown(options=methods, value=method, layout=w.Layout(width="300px"), **tip("method"))
         self.status = w.HTML(value="")
         self.params_box = w.HBox(layout=w.Layout(flex_flow="row wrap", align_items="center"))
         self.call = w.HTML(value="")
         self.output = w.Output()
-        for control, name in ((self.image_box, "image"), (self.path_box, "path"), (self.method_box, "method"),
-                              (self.model_box, "model"), (self.status, "status"), (self.output, "map")):
+        for control, name in (
+            (self.image_box, "image"),
+            (self.path_box, "path"),
+            (self.method_box, "method"),
+            (self.model_box, "model"),
+            (self.status, "status"),
+            (self.output, "map"),
+        ):
             control.add_class(f"cle-{name}")  # stable hooks for the browser test
-        self.widget = w.VBox([
-            w.HBox([self.image_box, self.path_box]),
-            w.HBox([self.seed_box, self.strength_box, self.size_box]),
-            w.HBox([self.model_box, self.method_box, self.status], layout=w.Layout(align_items="center")),
-            self.params_box, self.call, self.output,
-        ])
+        self.widget = w.VBox(
+            [
+                w.HBox([self.image_box, self.path_box]),
+                w.HBox([self.seed_box, self.strength_box, self.size_box]),
+                w.HBox([self.model_box, self.method_box, self.status], layout=w.Layout(align_items="center")),
+                self.params_box,
+                self.call,
+                self.output,
+            ]
+        )
         self.widget.add_class("cle-explorer")
         self._rebuild_params()
         for control in (self.image_box, self.seed_box, self.model_box):
@@ -287,8 +352,10 @@ class PairExplorer:
 
     def _show_call(self) -> None:
         spec = get_method(self.method_box.value)
-        self.call.value = (f"<small>{html.escape(spec.description)}<br>The same map in code: "
-                           f"<code>{html.escape(explain_call(spec.name, self.params()))}</code></small>")
+        self.call.value = (
+            f"<small>{html.escape(spec.description)}<br>The same map in code: "
+            f"<code>{html.escape(explain_call(spec.name, self.params()))}</code></small>"
+        )
 
     # -------------------------------------------------------------- callbacks
 
@@ -305,9 +372,15 @@ class PairExplorer:
             try:
                 if name not in self.loaded:
                     self.loaded[name] = self.models[name]()
-                figure, self.last = render_pair(self.loaded[name], self.images[self.image_box.value], method,
-                                                self.params(), self.seed_box.value, self.strength_box.value,
-                                                self.size_box.value)
+                figure, self.last = render_pair(
+                    self.loaded[name],
+                    self.images[self.image_box.value],
+                    method,
+                    self.params(),
+                    self.seed_box.value,
+                    self.strength_box.value,
+                    self.size_box.value,
+                )
                 show_and_save(figure)
                 self.status.value = f"done in {time.perf_counter() - start:.1f} s"
             except Exception as error:  # shown to the user; ipywidgets would swallow it
@@ -347,8 +420,13 @@ class PairExplorer:
         self.refresh()
 
 
-def explorer(images: Mapping[str, torch.Tensor], models: Mapping[str, Callable[[], SimilarityModel]],
-             methods: list[str] | None = None, size: int = 96, method: str = "interaction_cam",
-             overrides: Mapping[str, Mapping[str, Any]] | None = None) -> PairExplorer:
+def explorer(
+    images: Mapping[str, torch.Tensor],
+    models: Mapping[str, Callable[[], SimilarityModel]],
+    methods: list[str] | None = None,
+    size: int = 96,
+    method: str = "interaction_cam",
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> PairExplorer:
     """Build a `PairExplorer` (it shows itself as the last expression of a cell)."""
     return PairExplorer(images, models, methods, size, method, overrides)

@@ -21,6 +21,7 @@ raw numbers go next to it as JSON.
 `--device cuda` runs every job on the GPU (pairs stay on the CPU; methods move them) and reports the
 same columns; without a CUDA device the script says so and exits with status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,29 +42,24 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-METHODS = (
-    "occlusion", "context_agnostic_occlusion", "pairwise_occlusion", "gradcam", "interaction_cam",
-    "input_x_gradient", "smoothgrad", "averaged_transforms", "pixel_invariance",
-    "token_occlusion", "attention_rollout",
-)
+from cl_explain.bench import PassCount  # noqa: E402 (needs the path above)
+from cl_explain.explainers.base import get_method, list_methods  # noqa: E402
+from cl_explain.markdown import table as _table  # noqa: E402
+from cl_explain.metrics import METRICS  # noqa: E402
+
+METHODS = tuple(list_methods())
 #: Methods that read tokens or attention and so need a Vision Transformer; both benchmark models are
-#: CNNs, so these are listed (the registry and this script must agree) but not run here.
-VIT_METHODS = ("token_occlusion", "attention_rollout")
+#: CNNs, so these are listed but not run here.
+VIT_METHODS = tuple(method for method in METHODS if get_method(method).vit_only)
 CNN_METHODS = tuple(method for method in METHODS if method not in VIT_METHODS)
-METRIC_NAMES = (
-    "insertion_simultaneous", "deletion_simultaneous", "insertion_conditional", "deletion_conditional",
-    "average_drop_simultaneous", "average_increase_simultaneous", "average_drop_conditional",
-    "average_increase_conditional", "max_sensitivity", "pointing_game", "energy_pointing_game",
-)
-#: Rows the targets apply to: perturbation methods (M1-M3) and perturbation metrics.
+METRIC_NAMES = tuple(METRICS)
+#: Rows the targets apply to: perturbation methods (M1-M3) and the metrics that perturb the images.
 PERTURBATION_METHODS = ("occlusion", "context_agnostic_occlusion", "pairwise_occlusion")
-PERTURBATION_METRICS = METRIC_NAMES[:8]
+PERTURBATION_METRICS = tuple(name for name, spec in METRICS.items() if spec.family in ("insertion", "deletion", "drop"))
 OVERHEAD_TARGET = 1.25
 BF16_SPEEDUP_TARGET = 1.8
 OCCLUSION_MEMORY_TARGET_MB = 2048
 EVALUATE_TARGET_SECONDS = 600
-#: The options of PROFILES[...]["metrics"] that each metric uses (shown in its settings column).
-METRIC_OPTIONS = {**{name: ("step",) for name in METRIC_NAMES[:4]}, "max_sensitivity": ("n_draws",)}
 #: The explanation the metric rows score (cheap, so the row measures the metric).
 METRIC_EXPLANATION = "gradcam"
 #: 16 curve points at 224 px (the paper: 225, step 224): ceil(224*224 / 15) pixels per step.
@@ -74,37 +70,73 @@ RESNET_STEP = 3346
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "resnet50": {
         "reduced": {
-            "pairs": 2, "batch_size": 16,
+            "pairs": 2,
+            "batch_size": 16,
             "methods": {
-                "occlusion": {"stride": 32}, "context_agnostic_occlusion": {"stride": 32},
-                "pairwise_occlusion": {"erasures": 16}, "smoothgrad": {"samples": 16},
+                "occlusion": {"stride": 32},
+                "context_agnostic_occlusion": {"stride": 32},
+                "pairwise_occlusion": {"erasures": 16},
+                "smoothgrad": {"samples": 16},
                 "pixel_invariance": {"samples": 64},
             },
             "metrics": {"step": RESNET_STEP, "n_draws": 3},
-            "memory_strides": (16,), "throughput_batches": (2, 1), "row_throughput": (1, 1, 0, 4),
+            "memory_strides": (16,),
+            "throughput_batches": (2, 1),
+            "row_throughput": (1, 1, 0, 4),
         },
         "quick": {
-            "pairs": 1, "batch_size": 16,
+            "pairs": 1,
+            "batch_size": 16,
             "methods": {
-                "occlusion": {"stride": 64}, "context_agnostic_occlusion": {"stride": 64},
-                "pairwise_occlusion": {"erasures": 16}, "smoothgrad": {"samples": 16},
+                "occlusion": {"stride": 64},
+                "context_agnostic_occlusion": {"stride": 64},
+                "pairwise_occlusion": {"erasures": 16},
+                "smoothgrad": {"samples": 16},
                 "pixel_invariance": {"samples": 16, "epochs": 100},
             },
             "metrics": {"step": RESNET_STEP, "n_draws": 1},
-            "memory_strides": (32,), "throughput_batches": (1, 1), "row_throughput": (1, 1, 0, 4),
+            "memory_strides": (32,),
+            "throughput_batches": (1, 1),
+            "row_throughput": (1, 1, 0, 4),
         },
         "full": {
-            "pairs": 3, "batch_size": 16, "methods": {}, "metrics": {},
-            "memory_strides": (8,), "throughput_batches": (3, 2), "row_throughput": (2, 1, 0, 4),
+            "pairs": 3,
+            "batch_size": 16,
+            "methods": {},
+            "metrics": {},
+            "memory_strides": (8,),
+            "throughput_batches": (3, 2),
+            "row_throughput": (2, 1, 0, 4),
         },
     },
     "embedded": {
-        "reduced": {"pairs": 10, "batch_size": 64, "methods": {}, "metrics": {}, "memory_strides": (),
-                    "throughput_batches": (20, 20), "row_throughput": (10, 10, 1, 128)},
-        "quick": {"pairs": 2, "batch_size": 64, "methods": {"pixel_invariance": {"samples": 128}}, "metrics": {"n_draws": 2},
-                  "memory_strides": (), "throughput_batches": (5, 5), "row_throughput": (5, 5, 1, 64)},
-        "full": {"pairs": 20, "batch_size": 64, "methods": {}, "metrics": {}, "memory_strides": (),
-                 "throughput_batches": (20, 20), "row_throughput": (10, 10, 1, 128)},
+        "reduced": {
+            "pairs": 10,
+            "batch_size": 64,
+            "methods": {},
+            "metrics": {},
+            "memory_strides": (),
+            "throughput_batches": (20, 20),
+            "row_throughput": (10, 10, 1, 128),
+        },
+        "quick": {
+            "pairs": 2,
+            "batch_size": 64,
+            "methods": {"pixel_invariance": {"samples": 128}},
+            "metrics": {"n_draws": 2},
+            "memory_strides": (),
+            "throughput_batches": (5, 5),
+            "row_throughput": (5, 5, 1, 64),
+        },
+        "full": {
+            "pairs": 20,
+            "batch_size": 64,
+            "methods": {},
+            "metrics": {},
+            "memory_strides": (),
+            "throughput_batches": (20, 20),
+            "row_throughput": (10, 10, 1, 128),
+        },
     },
 }
 MODEL_TITLES = {
@@ -137,8 +169,12 @@ def build_model(name: str):
         from cl_explain.models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel
 
         torch.manual_seed(0)
-        model = SimilarityModel(build_backbone(16), build_head("simclr", 16),
-                                normalize=(IMAGENET_MEAN, IMAGENET_STD), name="embedded-architecture-random")
+        model = SimilarityModel(
+            build_backbone(16),
+            build_head("simclr", 16),
+            normalize=(IMAGENET_MEAN, IMAGENET_STD),
+            name="embedded-architecture-random",
+        )
         return model.eval(), "embedded architecture at random init (data/models/manifest.json not built yet)"
     raise ValueError(f"unknown model {name!r}; choose resnet50 or embedded")
 
@@ -164,7 +200,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one job described by `spec` (kind: throughput | method | metric | evaluate)."""
     import torch
 
-    from cl_explain import bench, explain
+    from cl_explain import bench
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -184,10 +220,12 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     if kind == "throughput":
         images = bench.pair_images(pairs)
         forward_batches, train_batches = spec["batches"]
-        out["forward"] = bench.measure_throughput(model, images, spec["batch_size"], precision=spec["precision"],
-                                                  batches=forward_batches)
-        out["train"] = bench.measure_throughput(model, images, spec["batch_size"], precision=spec["precision"],
-                                                backward=True, batches=train_batches)
+        out["forward"] = bench.measure_throughput(
+            model, images, spec["batch_size"], precision=spec["precision"], batches=forward_batches
+        )
+        out["train"] = bench.measure_throughput(
+            model, images, spec["batch_size"], precision=spec["precision"], backward=True, batches=train_batches
+        )
         return out
     if kind == "metrics":
         return {**out, **_metrics_block(model, pairs, spec)}
@@ -197,8 +235,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown job kind {kind!r}")
     _warm_up(model, pairs, backward=True)
     out["baseline_rss_mb"] = bench.max_rss_mb()
-    run = bench.run_method(model, pairs, spec["name"], spec["params"], batch_size=spec["batch_size"],
-                           precision=spec["precision"])
+    run = bench.run_method(
+        model, pairs, spec["name"], spec["params"], batch_size=spec["batch_size"], precision=spec["precision"]
+    )
     out["peak_rss_mb"] = bench.max_rss_mb()
     torch.save([[None if m is None else m.clone() for m in maps] for maps in run.outputs], spec["maps_out"])
     out["seconds"] = run.seconds
@@ -215,8 +254,15 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 def _throughput(model, pairs, spec, backward: bool, batches: int, warmup: int, size: int | None = None) -> float:
     from cl_explain import bench
 
-    return bench.measure_throughput(model, bench.pair_images(pairs), size or spec["batch_size"],
-                                    precision=spec["precision"], backward=backward, batches=batches, warmup=warmup)
+    return bench.measure_throughput(
+        model,
+        bench.pair_images(pairs),
+        size or spec["batch_size"],
+        precision=spec["precision"],
+        backward=backward,
+        batches=batches,
+        warmup=warmup,
+    )
 
 
 def _batch_throughputs(model, pairs, spec, counts, reference: dict[str, float]) -> list[list]:
@@ -251,21 +297,37 @@ def _metrics_block(model, pairs, spec) -> dict[str, Any]:
         if refusal:
             rows[metric] = {"not_applicable": f"bf16 refused: {refusal}", "seconds": [], "counts": [], "values": []}
             continue
-        run = bench.run_metric(model, pairs, explanations, metric, spec["options"], batch_size=spec["batch_size"],
-                               precision=spec["precision"])
-        rows[metric] = {"not_applicable": run.not_applicable, "seconds": run.seconds, "pairs_per_call": run.pairs_per_call,
-                        "counts": [c.as_dict() for c in run.counts], "values": run.outputs}
+        run = bench.run_metric(
+            model,
+            pairs,
+            explanations,
+            metric,
+            spec["options"],
+            batch_size=spec["batch_size"],
+            precision=spec["precision"],
+        )
+        rows[metric] = {
+            "not_applicable": run.not_applicable,
+            "seconds": run.seconds,
+            "pairs_per_call": run.pairs_per_call,
+            "counts": [c.as_dict() for c in run.counts],
+            "values": run.outputs,
+        }
     peak = bench.max_rss_mb()
     after = _throughput(model, pairs, spec, False, forward_batches, 0)
     reference = {"forward": (before + after) / 2, "before": before, "after": after}
     counts = [bench.PassCount.from_dict(c) for row in rows.values() for c in row["counts"]]
-    return {"rows": rows, "baseline_rss_mb": baseline, "peak_rss_mb": peak, "throughput": reference,
-            "batch_throughput": _batch_throughputs(model, pairs, spec, counts, reference)}
+    return {
+        "rows": rows,
+        "baseline_rss_mb": baseline,
+        "peak_rss_mb": peak,
+        "throughput": reference,
+        "batch_throughput": _batch_throughputs(model, pairs, spec, counts, reference),
+    }
 
 
 def _metric_refusal(metric: str) -> str | None:
     """Why the bf16 policy refuses `metric` (its family's rule; max-sensitivity follows the explained method)."""
-    from cl_explain.metrics import METRICS
     from cl_explain.precision import bf16_refusal
 
     family = METRICS[metric].family
@@ -284,14 +346,25 @@ def _evaluate_all(model, pairs, spec) -> dict[str, Any]:
         for method in spec["methods"]:
             with bench.count_passes(model) as count:
                 start = time.perf_counter()
-                frame = evaluate(model, pairs, [method], metrics=list(METRIC_NAMES), progress=False,
-                                 batch_size=spec["batch_size"], precision=spec["precision"])
+                frame = evaluate(
+                    model,
+                    pairs,
+                    [method],
+                    metrics=list(METRIC_NAMES),
+                    progress=False,
+                    batch_size=spec["batch_size"],
+                    precision=spec["precision"],
+                )
                 seconds = time.perf_counter() - start
             per_method[method] = {"seconds": seconds, "rows": len(frame), "counts": count.as_dict()}
             for key in ("forward", "forward_grad", "backward"):
                 setattr(total, key, getattr(total, key) + getattr(count, key))
-    return {"per_method": per_method, "seconds": sum(v["seconds"] for v in per_method.values()),
-            "counts": total.as_dict(), "peak_rss_mb": bench.max_rss_mb()}
+    return {
+        "per_method": per_method,
+        "seconds": sum(v["seconds"] for v in per_method.values()),
+        "counts": total.as_dict(),
+        "peak_rss_mb": bench.max_rss_mb(),
+    }
 
 
 # =============================================================================================== parent
@@ -311,9 +384,9 @@ def run_job(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
-def pass_count(counts: list[dict]) -> "PassCount":
+def pass_count(counts: list[dict]) -> PassCount:
     """The per-pair pass count of a row from its JSON counts."""
-    from cl_explain.bench import PassCount, mean_count
+    from cl_explain.bench import mean_count
 
     return mean_count([PassCount.from_dict(c) for c in counts])
 
@@ -336,11 +409,19 @@ class Bench:
         self.bf16 = {"supported": supported, "reason": reason}
         self.precisions = [p for p in args.precisions.split(",") if p]
         self.results: dict[str, Any] = {
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "profile": self.profile,
-            "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": args.threads or torch.get_num_threads(),
-                        "capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
-                        "python": platform.python_version(), "device": _device_name(args.device)},
-            "bf16": self.bf16, "models": {},
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "profile": self.profile,
+            "machine": {
+                "cpu": _cpu_name(),
+                "cores": os.cpu_count(),
+                "threads": args.threads or torch.get_num_threads(),
+                "capability": torch.backends.cpu.get_cpu_capability(),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "device": _device_name(args.device),
+            },
+            "bf16": self.bf16,
+            "models": {},
         }
         self.maps_dir = Path(tempfile.mkdtemp(prefix="cl-bench-"))
 
@@ -351,8 +432,10 @@ class Bench:
         start = time.perf_counter()
         result = run_job(spec, self.args.timeout)
         what = spec.get("name") or spec["kind"]
-        self.log(f"{spec['model']:8s} {what:30s} {spec.get('precision', '')} {time.perf_counter() - start:6.1f} s"
-                 + (f"  ERROR {result['error']}" if "error" in result else ""))
+        self.log(
+            f"{spec['model']:8s} {what:30s} {spec.get('precision', '')} {time.perf_counter() - start:6.1f} s"
+            + (f"  ERROR {result['error']}" if "error" in result else "")
+        )
         return result
 
     def run_model(self, model: str) -> None:
@@ -361,12 +444,26 @@ class Bench:
         profile = PROFILES[model][self.profile]
         pairs = self.args.photo_pairs if model == "resnet50" and self.args.photo_pairs else profile["pairs"]
         batch = self.args.batch_size or profile["batch_size"]
-        record: dict[str, Any] = {"title": MODEL_TITLES[model], "pairs": pairs, "batch_size": batch,
-                                  "throughput": {}, "methods": {}, "metrics": {}, "memory": [], "settings": profile}
+        record: dict[str, Any] = {
+            "title": MODEL_TITLES[model],
+            "pairs": pairs,
+            "batch_size": batch,
+            "throughput": {},
+            "methods": {},
+            "metrics": {},
+            "memory": [],
+            "settings": profile,
+        }
         self.results["models"][model] = record
         runnable = [p for p in self.precisions if p == "fp32" or self.bf16["supported"]]
-        base = {"model": model, "pairs": pairs, "batch_size": batch, "threads": self.args.threads, "device": self.args.device,
-                "row_throughput": profile["row_throughput"]}
+        base = {
+            "model": model,
+            "pairs": pairs,
+            "batch_size": batch,
+            "threads": self.args.threads,
+            "device": self.args.device,
+            "row_throughput": profile["row_throughput"],
+        }
 
         def throughput(when: str) -> None:
             for precision in runnable:
@@ -380,12 +477,15 @@ class Bench:
             for precision in runnable:
                 refusal = bf16_refusal(method) if precision == "bf16" else None
                 if refusal:
-                    record["methods"].setdefault(method, {})[precision] = {"not_applicable": f"bf16 refused: {refusal}",
-                                                                           "settings": params}
+                    record["methods"].setdefault(method, {})[precision] = {
+                        "not_applicable": f"bf16 refused: {refusal}",
+                        "settings": params,
+                    }
                     continue
                 maps = self.maps_dir / f"{model}-{method}-{precision}.pt"
-                result = self.job(kind="method", name=method, params=params, precision=precision,
-                                  maps_out=str(maps), **base)
+                result = self.job(
+                    kind="method", name=method, params=params, precision=precision, maps_out=str(maps), **base
+                )
                 result["settings"] = params
                 result["maps"] = str(maps)
                 record["methods"].setdefault(method, {})[precision] = result
@@ -396,20 +496,33 @@ class Bench:
                 row = block.get("rows", {}).get(metric, {"error": block.get("error", "missing")})
                 if "error" not in row:
                     row["throughput"], row["batch_throughput"] = block["throughput"], block["batch_throughput"]
-                row["settings"] = {k: v for k, v in profile["metrics"].items() if k in METRIC_OPTIONS.get(metric, ())}
+                row["settings"] = {k: v for k, v in profile["metrics"].items() if k in METRICS[metric].options}
                 record["metrics"].setdefault(metric, {})[precision] = row
         memory = record["methods"].get("occlusion", {}).get("fp32")
         if memory is not None and profile["memory_strides"]:
             record["memory"].append(memory)
         for stride in profile["memory_strides"]:
             params = {**profile["methods"].get("occlusion", {}), "stride": stride}
-            result = self.job(kind="method", name="occlusion", params=params, precision="fp32",
-                              maps_out=str(self.maps_dir / f"{model}-occlusion-memory-{stride}.pt"), **{**base, "pairs": 1})
+            result = self.job(
+                kind="method",
+                name="occlusion",
+                params=params,
+                precision="fp32",
+                maps_out=str(self.maps_dir / f"{model}-occlusion-memory-{stride}.pt"),
+                **{**base, "pairs": 1},
+            )
             result["settings"] = params
             record["memory"].append(result)
         if model == "embedded" and self.args.pairs:
-            record["evaluate"] = self.job(kind="evaluate", model=model, pairs=self.args.pairs, batch_size=batch,
-                                          precision="fp32", methods=list(CNN_METHODS), threads=self.args.threads)
+            record["evaluate"] = self.job(
+                kind="evaluate",
+                model=model,
+                pairs=self.args.pairs,
+                batch_size=batch,
+                precision="fp32",
+                methods=list(CNN_METHODS),
+                threads=self.args.threads,
+            )
 
     # ------------------------------------------------------------------------------------ tables
 
@@ -435,12 +548,24 @@ class Bench:
         target = ""
         if targeted and precision == "fp32":
             target = "n/a" if ratio is None else ("met" if ratio <= OVERHEAD_TARGET else "MISSED")
-        memory = (f"{result['peak_rss_mb'] - result['baseline_rss_mb']:.0f} ({result['peak_rss_mb']:.0f})"
-                  if "peak_rss_mb" in result else "see below")
+        memory = (
+            f"{result['peak_rss_mb'] - result['baseline_rss_mb']:.0f} ({result['peak_rss_mb']:.0f})"
+            if "peak_rss_mb" in result
+            else "see below"
+        )
         return [
-            name, settings, precision, f"{seconds:.3g}", str(count.forward_only), str(count.backward),
-            f"{reference[0]:.1f}", "" if reference[1] is None else f"{reference[1]:.1f}",
-            format_ratio(ratio), format_ratio(own_ratio), memory, target,
+            name,
+            settings,
+            precision,
+            f"{seconds:.3g}",
+            str(count.forward_only),
+            str(count.backward),
+            f"{reference[0]:.1f}",
+            "" if reference[1] is None else f"{reference[1]:.1f}",
+            format_ratio(ratio),
+            format_ratio(own_ratio),
+            memory,
+            target,
         ]
 
     def bf16_rows(self, model: str, kind: str) -> list[list[str]]:
@@ -461,12 +586,15 @@ class Bench:
             agreement = compare_precision_runs(Run(name, [], [], outputs(fp32)), Run(name, [], [], outputs(bf16)))
             targeted = name in (PERTURBATION_METHODS if kind == "methods" else PERTURBATION_METRICS)
             fast = speedup >= BF16_SPEEDUP_TARGET or not targeted
-            rows.append([
-                name, f"{speedup:.2f}",
-                "" if agreement.min_rank_correlation is None else f"{agreement.min_rank_correlation:.4f}",
-                "" if agreement.max_auc_difference is None else f"{agreement.max_auc_difference:.4f}",
-                "met" if agreement.passed and fast else "MISSED",
-            ])
+            rows.append(
+                [
+                    name,
+                    f"{speedup:.2f}",
+                    "" if agreement.min_rank_correlation is None else f"{agreement.min_rank_correlation:.4f}",
+                    "" if agreement.max_auc_difference is None else f"{agreement.max_auc_difference:.4f}",
+                    "met" if agreement.passed and fast else "MISSED",
+                ]
+            )
         return rows
 
     def markdown(self) -> str:
@@ -480,34 +608,64 @@ class Bench:
             f"bf16: {'supported' if self.bf16['supported'] else self.bf16['reason']}.",
             "",
             "Columns: s/pair = seconds per pair (methods: median over the pairs; metrics: all pairs scored in one "
-            "`evaluate_pairs` call, as `evaluate` does, divided by the number of pairs); fwd = images through the backbone without "
+            "`evaluate_pairs` call, as `evaluate` does, divided by the number of pairs); "
+            "fwd = images through the backbone without "
             "a backward pass, bwd = images with forward+backward, per pair (counted by a hook on the backbone); "
             "fwd/s and f+b/s = throughput of the same model, batch size, precision and images, measured in the same "
-            "process right after the row; overhead = s/pair / (fwd / fwd/s + bwd / f+b/s); overhead (own batches) = the "
-            "same with each batch timed at its own size (separates small-batch cost from work outside the backbone); peak MB = max RSS above "
+            "process right after the row; overhead = s/pair / (fwd / fwd/s + bwd / f+b/s); "
+            "overhead (own batches) = the "
+            "same with each batch timed at its own size (separates small-batch cost from work outside the "
+            "backbone); peak MB = max RSS above "
             "the loaded model (absolute in brackets), each row in a fresh process. Targets (fp32): overhead ≤ 1.25 "
             "for the perturbation methods (M1-M3) and the perturbation metrics (insertion, deletion, drop/increase).",
         ]
-        header = ["", "settings", "precision", "s/pair", "fwd", "bwd", "fwd/s", "f+b/s", "overhead",
-                  "overhead (own batches)", "peak MB", "target ≤ 1.25"]
+        header = [
+            "",
+            "settings",
+            "precision",
+            "s/pair",
+            "fwd",
+            "bwd",
+            "fwd/s",
+            "f+b/s",
+            "overhead",
+            "overhead (own batches)",
+            "peak MB",
+            "target ≤ 1.25",
+        ]
         for model, record in r["models"].items():
-            lines += ["", f"### {record['title']}", "",
-                      f"Model: {record.get('description', '?')}; {record['pairs']} pair(s); batch size {record['batch_size']}."]
+            lines += [
+                "",
+                f"### {record['title']}",
+                "",
+                f"Model: {record.get('description', '?')}; {record['pairs']} pair(s); "
+                f"batch size {record['batch_size']}.",
+            ]
             tp = record["throughput"]
             for precision, runs in tp.items():
-                cells = ", ".join(f"forward {v['forward']:.1f}, forward+backward {v['train']:.1f} img/s"
-                                  for when, v in runs.items() if "error" not in v)
+                cells = ", ".join(
+                    f"forward {v['forward']:.1f}, forward+backward {v['train']:.1f} img/s"
+                    for when, v in runs.items()
+                    if "error" not in v
+                )
                 lines.append(f"Throughput {precision} at the start of the section: {cells}.")
             lines += ["", _table(["method", *header[1:]], self._rows(model, "methods", PERTURBATION_METHODS))]
-            lines += ["", f"Metrics, scoring the {METRIC_EXPLANATION} explanation of each pair:", "",
-                      _table(["metric", *header[1:]], self._rows(model, "metrics", PERTURBATION_METRICS))]
+            lines += [
+                "",
+                f"Metrics, scoring the {METRIC_EXPLANATION} explanation of each pair:",
+                "",
+                _table(["metric", *header[1:]], self._rows(model, "metrics", PERTURBATION_METRICS)),
+            ]
             for precision, block in record.get("metric_blocks", {}).items():
                 if "error" not in block:
                     tp = block["throughput"]
-                    lines += ["", f"Metrics ({precision}) ran one after the other in one process: peak RSS "
-                              f"{block['peak_rss_mb'] - block['baseline_rss_mb']:.0f} MB above the loaded model "
-                              f"({block['peak_rss_mb']:.0f} MB); forward throughput {tp['before']:.1f} img/s before "
-                              f"and {tp['after']:.1f} after the metrics (the reference is the mean)."]
+                    lines += [
+                        "",
+                        f"Metrics ({precision}) ran one after the other in one process: peak RSS "
+                        f"{block['peak_rss_mb'] - block['baseline_rss_mb']:.0f} MB above the loaded model "
+                        f"({block['peak_rss_mb']:.0f} MB); forward throughput {tp['before']:.1f} img/s before "
+                        f"and {tp['after']:.1f} after the metrics (the reference is the mean).",
+                    ]
             if record["memory"]:
                 mem_rows = []
                 for result in record["memory"]:
@@ -515,19 +673,41 @@ class Bench:
                         mem_rows.append([_settings(result["settings"]), "", "", f"error: {result['error']}", ""])
                         continue
                     delta = result["peak_rss_mb"] - result["baseline_rss_mb"]
-                    mem_rows.append([_settings(result["settings"]), str(len(result["seconds"])),
-                                     str(pass_count(result["counts"]).forward_only),
-                                     f"{statistics.median(result['seconds']):.1f}",
-                                     f"{delta:.0f} ({result['peak_rss_mb']:.0f})",
-                                     "met" if delta <= OCCLUSION_MEMORY_TARGET_MB else "MISSED"])
-                lines += ["", "Conditional occlusion memory as the grid grows (fp32):", "",
-                          _table(["occlusion settings", "pairs", "forward passes per pair", "s/pair",
-                                  "peak MB above model (abs.)", "target ≤ 2 GB"], mem_rows)]
+                    mem_rows.append(
+                        [
+                            _settings(result["settings"]),
+                            str(len(result["seconds"])),
+                            str(pass_count(result["counts"]).forward_only),
+                            f"{statistics.median(result['seconds']):.1f}",
+                            f"{delta:.0f} ({result['peak_rss_mb']:.0f})",
+                            "met" if delta <= OCCLUSION_MEMORY_TARGET_MB else "MISSED",
+                        ]
+                    )
+                lines += [
+                    "",
+                    "Conditional occlusion memory as the grid grows (fp32):",
+                    "",
+                    _table(
+                        [
+                            "occlusion settings",
+                            "pairs",
+                            "forward passes per pair",
+                            "s/pair",
+                            "peak MB above model (abs.)",
+                            "target ≤ 2 GB",
+                        ],
+                        mem_rows,
+                    ),
+                ]
             if self.bf16["supported"] and "bf16" in self.precisions:
                 rows = self.bf16_rows(model, "methods") + self.bf16_rows(model, "metrics")
-                lines += ["", "bf16 against fp32 (targets: ≥ 1.8x faster for perturbation rows, rank correlation "
-                          "≥ 0.99, AUC difference ≤ 0.01):", "",
-                          _table(["", "speed-up", "min rank corr.", "max AUC diff.", "target"], rows)]
+                lines += [
+                    "",
+                    "bf16 against fp32 (targets: ≥ 1.8x faster for perturbation rows, rank correlation "
+                    "≥ 0.99, AUC difference ≤ 0.01):",
+                    "",
+                    _table(["", "speed-up", "min rank corr.", "max AUC diff.", "target"], rows),
+                ]
             if "evaluate" in record:
                 ev = record["evaluate"]
                 if "error" in ev:
@@ -535,15 +715,23 @@ class Bench:
                 else:
                     count = pass_count([ev["counts"]])
                     per_100 = ev["seconds"] * 100 / self.args.pairs
-                    scaled = "" if self.args.pairs == 100 else f", i.e. {per_100:.0f} s for 100 pairs (linear extrapolation)"
-                    lines += ["", f"All {len(ev['per_method'])} methods x all {len(METRIC_NAMES)} metrics on "
-                              f"{self.args.pairs} embedded pairs (`cl_explain.evaluate`, paper settings, fp32): "
-                              f"**{ev['seconds']:.0f} s**{scaled} (target ≤ {EVALUATE_TARGET_SECONDS} s for 100 pairs: "
-                              f"{'met' if per_100 <= EVALUATE_TARGET_SECONDS else 'MISSED'}); "
-                              f"{count.forward_only} forward + {count.backward} forward+backward passes; "
-                              f"peak RSS {ev['peak_rss_mb']:.0f} MB.", "",
-                              _table(["method", "seconds (all metrics, all pairs)", "result rows"],
-                                     [[k, f"{v['seconds']:.1f}", str(v["rows"])] for k, v in ev["per_method"].items()])]
+                    scaled = (
+                        "" if self.args.pairs == 100 else f", i.e. {per_100:.0f} s for 100 pairs (linear extrapolation)"
+                    )
+                    lines += [
+                        "",
+                        f"All {len(ev['per_method'])} methods x all {len(METRIC_NAMES)} metrics on "
+                        f"{self.args.pairs} embedded pairs (`cl_explain.evaluate`, paper settings, fp32): "
+                        f"**{ev['seconds']:.0f} s**{scaled} (target ≤ {EVALUATE_TARGET_SECONDS} s for 100 pairs: "
+                        f"{'met' if per_100 <= EVALUATE_TARGET_SECONDS else 'MISSED'}); "
+                        f"{count.forward_only} forward + {count.backward} forward+backward passes; "
+                        f"peak RSS {ev['peak_rss_mb']:.0f} MB.",
+                        "",
+                        _table(
+                            ["method", "seconds (all metrics, all pairs)", "result rows"],
+                            [[k, f"{v['seconds']:.1f}", str(v["rows"])] for k, v in ev["per_method"].items()],
+                        ),
+                    ]
         return "\n".join(lines) + "\n"
 
     def _rows(self, model: str, kind: str, targeted: tuple[str, ...]) -> list[list[str]]:
@@ -570,12 +758,6 @@ def update_readme(path: Path, text: str) -> None:
     before, rest = content.split(README_START)
     after = rest.split(README_END)[1]
     write_text_atomic(path, f"{before}{README_START}\n{text}{README_END}{after}")
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _device_name(device: str) -> str:
@@ -606,24 +788,36 @@ def _batch_size(text: str) -> int | str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output", default="build/bench.md", help="markdown table to write (JSON next to it)")
-    parser.add_argument("--pairs", type=int, default=None,
-                        help="embedded pairs for the all-methods x all-metrics run (default 100; 10 with --quick; 0 skips)")
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=None,
+        help="embedded pairs for the all-methods x all-metrics run (default 100; 10 with --quick; 0 skips)",
+    )
     parser.add_argument("--photo-pairs", type=int, default=None, help="ResNet-50 photo pairs per row (1-3)")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script (minutes)")
     size.add_argument("--full", action="store_true", help="the paper's settings for every method and metric (slow)")
     parser.add_argument("--models", default="resnet50,embedded", help="comma-separated: resnet50, embedded")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
-    parser.add_argument("--batch-size", type=_batch_size, default=None,
-                        help="override the per-model batch size: a number, or auto (from free GPU memory; 64 on a CPU)")
+    parser.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=None,
+        help="override the per-model batch size: a number, or auto (from free GPU memory; 64 on a CPU)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads in every job (default: torch's default, one per core)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads in every job (default: torch's default, one per core)"
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per subprocess job")
-    parser.add_argument("--update-readme", action="store_true",
-                        help="also put the table between the benchmark markers of README.md")
+    parser.add_argument(
+        "--update-readme", action="store_true", help="also put the table between the benchmark markers of README.md"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.pairs is None:
@@ -635,8 +829,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         import torch
 
         if not torch.cuda.is_available():
-            parser.error(f"--device {args.device}: torch sees no CUDA device on this machine "
-                         "(torch.cuda.is_available() is False); run with --device cpu, or on a machine with a GPU")
+            parser.error(
+                f"--device {args.device}: torch sees no CUDA device on this machine "
+                "(torch.cuda.is_available() is False); run with --device cpu, or on a machine with a GPU"
+            )
     elif args.device != "cpu":
         parser.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
     bad = set(args.precisions.split(",")) - {"fp32", "bf16"}

@@ -10,6 +10,7 @@ only). Prints one markdown table per model and writes the raw rows as JSON.
     python scripts/bf16_fidelity.py --models resnet50-224 --methods gradcam,interaction_cam --no-metrics
     python scripts/bf16_fidelity.py --models embedded --pairs 30 --methods ''
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 METHODS = (
-    "occlusion", "context_agnostic_occlusion", "pairwise_occlusion", "gradcam", "interaction_cam",
-    "input_x_gradient", "smoothgrad", "averaged_transforms", "pixel_invariance",
+    "occlusion",
+    "context_agnostic_occlusion",
+    "pairwise_occlusion",
+    "gradcam",
+    "interaction_cam",
+    "input_x_gradient",
+    "smoothgrad",
+    "averaged_transforms",
+    "pixel_invariance",
 )
 
 #: Per model: image side, pairs, method parameters (absent = paper default), metric options.
@@ -34,10 +42,15 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # the random-weight ResNet-50 at half the paper's side, with smaller grids and sample counts so the
     # emulated bf16 of a 2-core CPU finishes in about half an hour
     "resnet50": {
-        "size": 112, "pairs": 2,
-        "methods": {"occlusion": {"stride": 8}, "context_agnostic_occlusion": {"stride": 8},
-                    "pairwise_occlusion": {"erasures": 32}, "smoothgrad": {"samples": 10},
-                    "pixel_invariance": {"samples": 100}},
+        "size": 112,
+        "pairs": 2,
+        "methods": {
+            "occlusion": {"stride": 8},
+            "context_agnostic_occlusion": {"stride": 8},
+            "pairwise_occlusion": {"erasures": 32},
+            "smoothgrad": {"samples": 10},
+            "pixel_invariance": {"samples": 100},
+        },
         "metrics": {"step": 784},  # 17 curve points at 112 px
     },
     # the paper's size and method settings, for a GPU (scripts/gpu_check.py); AUCs on 17 curve points
@@ -57,11 +70,19 @@ def build(model_name: str, pairs: int, size: int, device: str):
 
     if model_name == "embedded":
         return load_model("embedded-simclr", device=device), scene_pairs(pairs, "test", seed=0, size=size)
-    return bench.resnet50_similarity_model(seed=0).to(device), bench.photo_pairs(min(pairs, len(bench.PHOTOS)), size=size)
+    return bench.resnet50_similarity_model(seed=0).to(device), bench.photo_pairs(
+        min(pairs, len(bench.PHOTOS)), size=size
+    )
 
 
-def measure(model_name: str, device: str = "cpu", pairs: int | None = None,
-            methods: tuple[str, ...] = METHODS, metrics: bool = True, log=print) -> dict[str, Any]:
+def measure(
+    model_name: str,
+    device: str = "cpu",
+    pairs: int | None = None,
+    methods: tuple[str, ...] = METHODS,
+    metrics: bool = True,
+    log=print,
+) -> dict[str, Any]:
     """Fidelity rows of one model: {"title", "rows", "markdown", "seconds"}."""
     import torch
 
@@ -73,20 +94,30 @@ def measure(model_name: str, device: str = "cpu", pairs: int | None = None,
     start = time.perf_counter()
     rows = []
     for method in methods:
-        rows += fidelity.method_rows(model, pair_list, {method: settings["methods"].get(method, {})}, **settings["metrics"])
-        log(f"  {model_name} {method}: Spearman {rows[-1].spearman:.4f}, AUC difference {rows[-1].difference:.4f} "
-            f"({time.perf_counter() - start:.0f} s)")
+        rows += fidelity.method_rows(
+            model, pair_list, {method: settings["methods"].get(method, {})}, **settings["metrics"]
+        )
+        log(
+            f"  {model_name} {method}: Spearman {rows[-1].spearman:.4f}, AUC difference {rows[-1].difference:.4f} "
+            f"({time.perf_counter() - start:.0f} s)"
+        )
     for row in fidelity.metric_rows(model, pair_list, **settings["metrics"]) if metrics else []:
         rows.append(row)
         log(f"  {model_name} {row.name}: max difference {row.difference} ({time.perf_counter() - start:.0f} s)")
     title = f"{TITLES[model_name]}, {len(pair_list)} pairs, {device}"
-    return {"title": title, "rows": fidelity.as_dicts(rows), "markdown": fidelity.table(rows),
-            "seconds": time.perf_counter() - start}
+    return {
+        "title": title,
+        "rows": fidelity.as_dicts(rows),
+        "markdown": fidelity.table(rows),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="embedded,resnet50", help="comma-separated: embedded, resnet50, resnet50-224")
+    parser.add_argument(
+        "--models", default="embedded,resnet50", help="comma-separated: embedded, resnet50, resnet50-224"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--pairs", type=int, default=None, help="override the number of pairs per model")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated method names ('' for none)")
@@ -100,8 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     results = {"torch": torch.__version__, "device": args.device, "models": {}}
     for name in args.models.split(","):
         methods = tuple(m for m in args.methods.split(",") if m)
-        results["models"][name] = measure(name, args.device, args.pairs, methods, not args.no_metrics,
-                                          log=lambda text: print(text, file=sys.stderr, flush=True))
+        results["models"][name] = measure(
+            name,
+            args.device,
+            args.pairs,
+            methods,
+            not args.no_metrics,
+            log=lambda text: print(text, file=sys.stderr, flush=True),
+        )
         print(f"\n{results['models'][name]['title']}\n\n{results['models'][name]['markdown']}\n", flush=True)
     write_text_atomic(Path(args.output), json.dumps(results, indent=1))
     return 0

@@ -16,6 +16,7 @@ It prints a report (and writes it to build/kernels/report.md) and exits 1 when a
 Usage: `python scripts/check_cpu_kernels.py [--stems 05-evaluate-metrics,07-compare-supervised]`
 (`make check-kernels`; about 15 minutes on 2 cores).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,9 +47,11 @@ def kernel_environment(setting: str) -> dict[str, str]:
 
 def quality_in_subprocess(setting: str, out: Path) -> dict:
     """The recomputed quality numbers of every committed model, computed under `setting`'s kernels."""
-    code = ("import json, sys, torch; from cl_explain.train import recompute_quality; "
-            "json.dump({'cpu_capability': torch.backends.cpu.get_cpu_capability(), "
-            "'models': recompute_quality()}, open(sys.argv[1], 'w'), indent=1)")
+    code = (
+        "import json, sys, torch; from cl_explain.train import recompute_quality; "
+        "json.dump({'cpu_capability': torch.backends.cpu.get_cpu_capability(), "
+        "'models': recompute_quality()}, open(sys.argv[1], 'w'), indent=1)"
+    )
     subprocess.run([sys.executable, "-c", code, str(out)], env=kernel_environment(setting), check=True, cwd=ROOT)
     return json.loads(out.read_text())
 
@@ -61,14 +64,32 @@ def notebooks_in_subprocess(setting: str, stems: list[str], folder: Path) -> Non
         params_file = folder / f"{stem}.params.yaml"
         params_file.write_text(yaml.safe_dump(parameters))
         subprocess.run(
-            [sys.executable, "-m", "papermill", "-k", "python3", "--cwd", "notebooks", "--log-level", "WARNING",
-             "--no-progress-bar", "-f", str(params_file), f"notebooks/{stem}.ipynb", str(folder / f"{stem}.ipynb")],
-            env=kernel_environment(setting), check=True, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "papermill",
+                "-k",
+                "python3",
+                "--cwd",
+                "notebooks",
+                "--log-level",
+                "WARNING",
+                "--no-progress-bar",
+                "--execution-timeout",
+                "900",
+                "-f",
+                str(params_file),
+                f"notebooks/{stem}.ipynb",
+                str(folder / f"{stem}.ipynb"),
+            ],
+            env=kernel_environment(setting),
+            check=True,
+            cwd=ROOT,
         )
 
 
 def compare_quality(first: dict, second: dict, manifest: dict) -> list[str]:
-    """Lines naming every quality number that moved between settings, or away from the manifest, beyond its tolerance."""
+    """Lines naming every quality number that moved (between settings, or from the manifest) beyond its tolerance."""
     from cl_explain.train import QUALITY_TOLERANCE
 
     problems = []
@@ -133,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     if quality:
         manifest = json.loads((ROOT / "data" / "models" / "manifest.json").read_text())
         problems += compare_quality(quality["native"], quality["portable"], manifest)
-        lines.append(f"Quality numbers: {len(quality['native']['models'])} models, CPU capability "
-                     f"{quality['native']['cpu_capability']} vs {quality['portable']['cpu_capability']}.")
+        lines.append(
+            f"Quality numbers: {len(quality['native']['models'])} models, CPU capability "
+            f"{quality['native']['cpu_capability']} vs {quality['portable']['cpu_capability']}."
+        )
     compared, table_problems = compare_tables(out / "native", out / "portable")
     problems += table_problems
     lines.append(f"Tables: {compared} compared at their displayed precision ({', '.join(TIMING_TABLES)} excepted).")

@@ -13,6 +13,7 @@
 Prints everything and writes it to --output; exits 2 where torch sees no CUDA device. To try the script
 itself on a machine without a GPU, `--device cpu --quick` runs every part against the CPU, small.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,16 @@ if str(ROOT) not in sys.path:
 #: Parity settings: the embedded default at paper settings; the ResNet-50 with the benchmark's reduced grid.
 PARITY = {
     "embedded": {"pairs": 2, "methods": {"pixel_invariance": {"samples": 200}}},
-    "resnet50": {"pairs": 1, "methods": {"occlusion": {"stride": 32}, "context_agnostic_occlusion": {"stride": 32},
-                                         "pairwise_occlusion": {"erasures": 32}, "smoothgrad": {"samples": 8},
-                                         "pixel_invariance": {"samples": 64}}},
+    "resnet50": {
+        "pairs": 1,
+        "methods": {
+            "occlusion": {"stride": 32},
+            "context_agnostic_occlusion": {"stride": 32},
+            "pairwise_occlusion": {"erasures": 32},
+            "smoothgrad": {"samples": 8},
+            "pixel_invariance": {"samples": 64},
+        },
+    },
 }
 
 
@@ -51,8 +59,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def run_tests() -> str:
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "tests/test_cuda.py", "tests/test_device.py"],
-                          cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "tests/test_cuda.py", "tests/test_device.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     tail = "\n".join(done.stdout.strip().splitlines()[-15:])
     return f"pytest tests/test_cuda.py tests/test_device.py: exit {done.returncode}\n\n```\n{tail}\n```"
 
@@ -63,7 +75,7 @@ def parity(device: str, quick: bool) -> str:
     import torch
 
     from cl_explain import explain
-    from cl_explain.bench import rank_correlation
+    from cl_explain.maps import rank_correlation
     from cl_explain.explainers.base import get_method
     from cl_explain.metrics import PAPER_METRICS, evaluate_pair
 
@@ -87,14 +99,20 @@ def parity(device: str, quick: bool) -> str:
             rows.append([method, f"{worst:.5f}", f"{spread:.2e}", "ok" if worst >= 0.99 else "CHECK"])
         for pair in pairs:
             explanation = explain(cpu, pair.x1, pair.x2, "gradcam")
-            values = [evaluate_pair(m, pair.x1, pair.x2, explanation, metrics=PAPER_METRICS, on_not_applicable="skip",
-                                    n_draws=2) for m in (cpu, gpu)]
+            values = [
+                evaluate_pair(
+                    m, pair.x1, pair.x2, explanation, metrics=PAPER_METRICS, on_not_applicable="skip", n_draws=2
+                )
+                for m in (cpu, gpu)
+            ]
             for key in values[0]:
                 if key in PAPER_METRICS:
                     diff = abs(values[0][key] - values[1][key])
                     rows.append([f"{key} (gradcam map)", "", f"{diff:.2e}", "ok" if diff <= 1e-3 else "CHECK"])
-        out.append(f"Parity on {name} ({len(pairs)} pairs, TF32 off):\n\n"
-                   + _table(["method / metric", "min Spearman CPU-GPU", "max |difference| (maps: of their range)", ""], rows))
+        out.append(
+            f"Parity on {name} ({len(pairs)} pairs, TF32 off):\n\n"
+            + _table(["method / metric", "min Spearman CPU-GPU", "max |difference| (maps: of their range)", ""], rows)
+        )
     return "\n\n".join(out)
 
 
@@ -110,8 +128,9 @@ def bf16_fidelity(device: str, quick: bool) -> str:
     fidelity = _script("bf16_fidelity")
     parts = []
     for name in ("embedded", "resnet50-224"):
-        result = fidelity.measure(name, device, pairs=1 if quick else None,
-                                  log=lambda text: print(text, file=sys.stderr, flush=True))
+        result = fidelity.measure(
+            name, device, pairs=1 if quick else None, log=lambda text: print(text, file=sys.stderr, flush=True)
+        )
         parts.append(f"bf16 fidelity on the GPU: {result['title']}\n\n{result['markdown']}")
     return "\n\n".join(parts)
 
@@ -128,24 +147,52 @@ def occlusion_rows(device: str, quick: bool) -> str:
     rows = []
     precisions = ["fp32"] + (["bf16"] if bf16_status(device)[0] else [])
     for precision in precisions:
-        for batch in ((16,) if quick else ("auto", 64)):
-            spec = {"kind": "method", "model": "resnet50", "name": "occlusion", "params": {"stride": 64} if quick else {},
-                    "precision": precision, "pairs": 1 if quick else 3, "batch_size": batch, "device": device, "threads": None,
-                    "maps_out": str(Path(tempfile.mkdtemp()) / "maps.pt"),
-                    "row_throughput": (1, 1, 0, 4) if quick else (5, 1, 2, 256)}
+        for batch in (16,) if quick else ("auto", 64):
+            spec = {
+                "kind": "method",
+                "model": "resnet50",
+                "name": "occlusion",
+                "params": {"stride": 64} if quick else {},
+                "precision": precision,
+                "pairs": 1 if quick else 3,
+                "batch_size": batch,
+                "device": device,
+                "threads": None,
+                "maps_out": str(Path(tempfile.mkdtemp()) / "maps.pt"),
+                "row_throughput": (1, 1, 0, 4) if quick else (5, 1, 2, 256),
+            }
             with measuring_bf16():  # timing only: whether occlusion accepts bf16 is the policy's (table above)
                 result = benchmark.worker(spec)
             count = mean_count([PassCount.from_dict(c) for c in result["counts"]])
             seconds = statistics.median(result["seconds"])
             forward = count.forward_only / result["throughput"]["forward"]
             own = batch_aware_seconds(count, {(s, g): r for s, g, r in result["batch_throughput"]})
-            rows.append([precision, str(result.get("batch_size", batch)), f"{seconds:.4f}", str(count.forward_only),
-                         f"{result['throughput']['forward']:.0f}", f"{forward:.4f}", f"{seconds / forward:.2f}",
-                         f"{seconds / own:.2f}"])
+            rows.append(
+                [
+                    precision,
+                    str(result.get("batch_size", batch)),
+                    f"{seconds:.4f}",
+                    str(count.forward_only),
+                    f"{result['throughput']['forward']:.0f}",
+                    f"{forward:.4f}",
+                    f"{seconds / forward:.2f}",
+                    f"{seconds / own:.2f}",
+                ]
+            )
     setting = "window 64, stride 64, 1 photo pair (--quick)" if quick else "64/8 (paper), 3 photo pairs"
-    return (f"Conditional occlusion {setting}, random ResNet-50 at 224 px (TF32 on):\n\n"
-            + _table(["precision", "batch", "s/pair", "forward passes", "fwd img/s", "forward-pass time (s)",
-                      "overhead", "overhead (own batches)"], rows))
+    return f"Conditional occlusion {setting}, random ResNet-50 at 224 px (TF32 on):\n\n" + _table(
+        [
+            "precision",
+            "batch",
+            "s/pair",
+            "forward passes",
+            "fwd img/s",
+            "forward-pass time (s)",
+            "overhead",
+            "overhead (own batches)",
+        ],
+        rows,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,8 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("gpu_check: torch sees no CUDA device here (torch.cuda.is_available() is False); "
-              "run it on a machine with a GPU", file=sys.stderr)
+        print(
+            "gpu_check: torch sees no CUDA device here (torch.cuda.is_available() is False); "
+            "run it on a machine with a GPU",
+            file=sys.stderr,
+        )
         return 2
     from cl_explain.precision import bf16_status
     from cl_explain.utils import write_text_atomic
@@ -167,7 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     skip = set(filter(None, args.skip.split(",")))
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"{args.device} (dry run)"
     sections = [f"GPU check: {where}, torch {torch.__version__}, bf16: {bf16_status(args.device)[1]}."]
-    for name, part in (("tests", run_tests), ("parity", parity), ("bf16", bf16_fidelity), ("occlusion", occlusion_rows)):
+    for name, part in (
+        ("tests", run_tests),
+        ("parity", parity),
+        ("bf16", bf16_fidelity),
+        ("occlusion", occlusion_rows),
+    ):
         if name in skip:
             continue
         start = time.perf_counter()

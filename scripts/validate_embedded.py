@@ -9,6 +9,7 @@ bootstrap CIs of each method's gain over the baseline; maps change when the weig
 (cascading randomisation test). Also prints where the insertion curves start and end, which bounds
 how much insertion can separate maps.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,9 @@ import torch
 import cl_explain
 from cl_explain.data.pairings import scene_pairs
 from cl_explain.metrics import format_table
-from cl_explain.metrics.harness import bootstrap_ci
+from cl_explain.metrics import bootstrap_ci
 from cl_explain.metrics.perturbation import perturbation_curves
-from cl_explain.metrics.sanity import random_explanation, randomisation_test
+from cl_explain.metrics.sanity import random_explanation, randomization_test
 from cl_explain.notebook import markdown_table
 
 
@@ -42,16 +43,27 @@ def main() -> None:
     baselines = {"random": {}, "random_grid": {"method": "random", "cells": grid}}
     explainers = ["gradcam", "interaction_cam", "occlusion"]
     methods = explainers + list(baselines)
-    metrics = ["insertion_simultaneous", "deletion_simultaneous", "insertion_conditional", "deletion_conditional",
-               "pointing_game", "energy_pointing_game"]
+    metrics = [
+        "insertion_simultaneous",
+        "deletion_simultaneous",
+        "insertion_conditional",
+        "deletion_conditional",
+        "pointing_game",
+        "energy_pointing_game",
+    ]
     start = time.perf_counter()
-    df = cl_explain.evaluate(model, pairs, methods, metrics, method_params=baselines, cache_dir=args.cache,
-                             progress=False)
-    print(f"## {args.model}: {args.pairs} test pairs, {time.perf_counter() - start:.0f} s "
-          f"(random_grid: random {grid} x {grid} maps, bilinearly upsampled like the CAMs)\n")
-    print(format_table(cl_explain.summarise(df, n_boot=2000), metrics=metrics))
+    df = cl_explain.evaluate(
+        model, pairs, methods, metrics, method_params=baselines, cache_dir=args.cache, progress=False
+    )
+    print(
+        f"## {args.model}: {args.pairs} test pairs, {time.perf_counter() - start:.0f} s "
+        f"(random_grid: random {grid} x {grid} maps, bilinearly upsampled like the CAMs)\n"
+    )
+    print(format_table(cl_explain.summarize(df, n_boot=2000), metrics=metrics))
 
-    per_pair = df[df.metric.isin(metrics)].pivot_table(index=["pair_id", "seed"], columns=["method", "metric"], values="value")
+    per_pair = df[df.metric.isin(metrics)].pivot_table(
+        index=["pair_id", "seed"], columns=["method", "metric"], values="value"
+    )
     means = per_pair.mean().unstack()
     for baseline in baselines:
         for form in ("simultaneous", "conditional"):
@@ -64,10 +76,14 @@ def main() -> None:
                 for name in (ins_name, del_name):
                     diff = (per_pair[(method, name)] - per_pair[(baseline, name)]).to_numpy()
                     low, high = bootstrap_ci(diff, n_boot=2000)
-                    gains.append(f"{name.split('_')[0]} {method} - {baseline} = {diff.mean():+.3f} [{low:+.3f}, {high:+.3f}]")
-                print(f"- {method}: insertion {ins:.3f} > deletion {dele:.3f}: {ins > dele}; "
-                      f"{baseline} between (ins {rand_ins:.3f} < {ins:.3f}, del {rand_del:.3f} > {dele:.3f}): "
-                      f"{rand_ins < ins and rand_del > dele}; " + "; ".join(gains))
+                    gains.append(
+                        f"{name.split('_')[0]} {method} - {baseline} = {diff.mean():+.3f} [{low:+.3f}, {high:+.3f}]"
+                    )
+                print(
+                    f"- {method}: insertion {ins:.3f} > deletion {dele:.3f}: {ins > dele}; "
+                    f"{baseline} between (ins {rand_ins:.3f} < {ins:.3f}, del {rand_del:.3f} > {dele:.3f}): "
+                    f"{rand_ins < ins and rand_del > dele}; " + "; ".join(gains)
+                )
 
     # Why insertion separates so little here: where does the insertion curve start and end?
     ends = []
@@ -77,14 +93,16 @@ def main() -> None:
         scores = curve["simultaneous"].scores
         ends.append({"start: S(blurred x1, blurred x2)": float(scores[0]), "end: S(x1, x2)": float(scores[-1])})
     ends = pd.DataFrame(ends)
-    print("\nInsertion curve ends (simultaneous, mean over the pairs): "
-          + ", ".join(f"{k} = {v:.3f}" for k, v in ends.mean().items())
-          + f"; start >= end for {float((ends.iloc[:, 0] >= ends.iloc[:, 1]).mean()):.0%} of the pairs.")
+    print(
+        "\nInsertion curve ends (simultaneous, mean over the pairs): "
+        + ", ".join(f"{k} = {v:.3f}" for k, v in ends.mean().items())
+        + f"; start >= end for {float((ends.iloc[:, 0] >= ends.iloc[:, 1]).mean()):.0%} of the pairs."
+    )
 
     rows = []
     for pair in pairs[: args.randomisation_pairs]:
         for method in ("gradcam", "interaction_cam"):
-            table = randomisation_test(model, pair.x1, pair.x2, method)
+            table = randomization_test(model, pair.x1, pair.x2, method)
             table["method"] = method
             rows.append(table)
     sanity = pd.concat(rows).groupby(["method", "step", "randomised"]).spearman.mean().unstack(0)

@@ -13,3 +13,24 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture(scope="session")
+def _package_registries():
+    """Load every method and metric of the package once, before any test snapshots the registries."""
+    from cl_explain.explainers import base
+    from cl_explain.metrics import registry
+
+    base._load_all_methods()
+    registry._load_all_metrics()
+    return base._REGISTRY, registry._REGISTRY
+
+
+@pytest.fixture(autouse=True)
+def scoped_registries(_package_registries):
+    """Methods and metrics a test registers exist for that test only: both registries are restored after it."""
+    saved = [dict(table) for table in _package_registries]
+    yield
+    for table, before in zip(_package_registries, saved):
+        table.clear()
+        table.update(before)

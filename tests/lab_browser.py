@@ -8,6 +8,7 @@ its kernels), and kills by process id whatever the server started that is still 
 `LabPage` holds the few page operations a test needs: open a notebook, Run All through the menu,
 wait for the kernel, read the notebook's state through JupyterLab's own objects.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -104,8 +105,13 @@ class LabPage:
         from selenium.webdriver.common.by import By
 
         self.driver.find_element(By.XPATH, "//li[contains(@class,'lm-MenuBar-item')][normalize-space()='Run']").click()
-        item = self.wait(lambda: self.driver.find_elements(
-            By.XPATH, "//li[contains(@class,'lm-Menu-item')][.//*[normalize-space()='Run All Cells']]"), 10, "Run All Cells")
+        item = self.wait(
+            lambda: self.driver.find_elements(
+                By.XPATH, "//li[contains(@class,'lm-Menu-item')][.//*[normalize-space()='Run All Cells']]"
+            ),
+            10,
+            "Run All Cells",
+        )
         item[0].click()
 
     def cell_states(self) -> list[dict]:
@@ -116,6 +122,7 @@ class LabPage:
 
     def wait_until_run(self, timeout: float) -> list[dict]:
         """Wait until every code cell has run; fails at once with the traceback of a cell that raised."""
+
         def finished():
             cells = self.cell_states()
             errors = [o for c in cells for o in c["outputs"] if o.get("output_type") == "error"]
@@ -138,13 +145,28 @@ def _start_server(root: Path, work: Path, port: int, token: str) -> subprocess.P
         (settings / name).parent.mkdir(parents=True, exist_ok=True)
         (settings / name).write_text(json.dumps(values))
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # Agg would hide every inline figure
-    env.update(JUPYTER_CONFIG_DIR=str(work / "config"), JUPYTER_DATA_DIR=str(work / "data"),
-               JUPYTER_RUNTIME_DIR=str(work / "runtime"), JUPYTERLAB_SETTINGS_DIR=str(settings),
-               JUPYTERLAB_WORKSPACES_DIR=str(work / "workspaces"), IPYTHONDIR=str(work / "ipython"),
-               OMP_NUM_THREADS="1")  # two cores serve the browser, the server and the kernel
-    command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-               "--port-retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-               "--LabApp.expose_app_in_browser=True", "--ServerApp.open_browser=False"]
+    env.update(
+        JUPYTER_CONFIG_DIR=str(work / "config"),
+        JUPYTER_DATA_DIR=str(work / "data"),
+        JUPYTER_RUNTIME_DIR=str(work / "runtime"),
+        JUPYTERLAB_SETTINGS_DIR=str(settings),
+        JUPYTERLAB_WORKSPACES_DIR=str(work / "workspaces"),
+        IPYTHONDIR=str(work / "ipython"),
+        OMP_NUM_THREADS="1",
+    )  # two cores serve the browser, the server and the kernel
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--port-retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--LabApp.expose_app_in_browser=True",
+        "--ServerApp.open_browser=False",
+    ]
     if os.geteuid() == 0:
         command.append("--allow-root")
     log = open(work / "lab.log", "wb")
@@ -154,7 +176,9 @@ def _start_server(root: Path, work: Path, port: int, token: str) -> subprocess.P
 def _stop_server(process: subprocess.Popen, url: str, token: str) -> None:
     started = _descendants(process.pid)
     with contextlib.suppress(OSError):
-        request = urllib.request.Request(f"{url}api/shutdown", method="POST", headers={"Authorization": f"token {token}"})
+        request = urllib.request.Request(
+            f"{url}api/shutdown", method="POST", headers={"Authorization": f"token {token}"}
+        )
         urllib.request.urlopen(request, timeout=10)
     try:
         process.wait(timeout=30)
@@ -192,7 +216,9 @@ def lab_session(notebooks: list[Path], work: Path, window: tuple[int, int] = (14
         end = time.monotonic() + 120
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"JupyterLab exited with {process.returncode}:\n{(work / 'lab.log').read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"JupyterLab exited with {process.returncode}:\n{(work / 'lab.log').read_text()[-3000:]}"
+                )
             with contextlib.suppress(OSError):
                 urllib.request.urlopen(f"{url}api/status?token={token}", timeout=2)
                 break
@@ -201,8 +227,14 @@ def lab_session(notebooks: list[Path], work: Path, window: tuple[int, int] = (14
             time.sleep(0.3)
         options = webdriver.ChromeOptions()
         options.binary_location = paths[0]
-        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                         f"--window-size={window[0]},{window[1]}", f"--user-data-dir={work / 'chromium'}"):
+        for argument in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-dev-shm-usage",
+            "--disable-gpu",
+            f"--window-size={window[0]},{window[1]}",
+            f"--user-data-dir={work / 'chromium'}",
+        ):
             options.add_argument(argument)
         driver = webdriver.Chrome(service=Service(paths[1], log_output=str(work / "chromedriver.log")), options=options)
         yield LabPage(driver, url, token, root)

@@ -1,4 +1,5 @@
 """Benchmark helpers: pass counting against hand-made loops, the overhead formula, precision comparison."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -141,17 +142,6 @@ def test_batch_aware_seconds_times_each_batch_at_its_own_size():
 # ------------------------------------------------------------------------------ precision agreement
 
 
-def test_rank_correlation_cases():
-    a = torch.rand(5, 5, generator=torch.Generator().manual_seed(0))
-    assert bench.rank_correlation(a, a) == pytest.approx(1.0)
-    assert bench.rank_correlation(a, a.exp() * 3) == pytest.approx(1.0)  # monotone transform keeps ranks
-    assert bench.rank_correlation(a, -a) == pytest.approx(-1.0)
-    assert bench.rank_correlation(torch.ones(3, 3), torch.ones(3, 3)) == 1.0
-    assert bench.rank_correlation(torch.ones(3, 3), a[:3, :3]) == 0.0
-    with pytest.raises(ValueError, match="shape"):
-        bench.rank_correlation(a, a[:2])
-
-
 def test_fp32_against_fp32_agrees_for_methods_and_fails_when_maps_differ():
     model, pairs = tiny_model(), tiny_pairs(2)
     first = bench.run_method(model, pairs, "gradcam", batch_size=4)
@@ -159,8 +149,12 @@ def test_fp32_against_fp32_agrees_for_methods_and_fails_when_maps_differ():
     agreement = bench.compare_precision_runs(first, second)
     assert agreement.min_rank_correlation == pytest.approx(1.0) and agreement.max_auc_difference is None
     assert agreement.passed
-    shuffled = [tuple(m.flatten()[torch.randperm(m.numel(), generator=torch.Generator().manual_seed(3))].view_as(m)
-                      for m in maps) for maps in second.outputs]
+    shuffled = [
+        tuple(
+            m.flatten()[torch.randperm(m.numel(), generator=torch.Generator().manual_seed(3))].view_as(m) for m in maps
+        )
+        for maps in second.outputs
+    ]
     worse = bench.compare_precision_runs(first, bench.Run("gradcam", [], [], shuffled))
     assert worse.min_rank_correlation < 0.99 and not worse.passed
 
@@ -173,8 +167,10 @@ def test_fp32_against_fp32_agrees_for_auc_metrics_and_fails_beyond_tolerance():
     second = bench.run_metric(model, pairs, explanations, "deletion_conditional", options, batch_size=8)
     agreement = bench.compare_precision_runs(first, second)
     assert agreement.max_auc_difference == 0.0 and agreement.min_rank_correlation is None and agreement.passed
-    shifted = [{k: v + (0.02 if k == "deletion_conditional_2" else 0.0) for k, v in values.items()}
-               for values in second.outputs]
+    shifted = [
+        {k: v + (0.02 if k == "deletion_conditional_2" else 0.0) for k, v in values.items()}
+        for values in second.outputs
+    ]
     worse = bench.compare_precision_runs(first, bench.Run("deletion_conditional", [], [], shifted))
     assert worse.max_auc_difference == pytest.approx(0.02) and not worse.passed
     # the metric's own passes: N+1 curve points per direction + the intact image once per direction
@@ -219,9 +215,12 @@ def _load_script():
 
 def test_script_covers_every_method_and_metric_and_parses_its_options():
     script = _load_script()
-    public = {name for name in list_methods() if not name.startswith("_")}  # other test modules register "_test" methods
-    assert set(script.METHODS) == public
+    assert set(script.METHODS) == set(list_methods())
     assert set(script.METRIC_NAMES) == set(METRICS)
+    assert set(script.VIT_METHODS) == {"token_occlusion", "attention_rollout"}
+    assert (
+        "max_sensitivity" not in script.PERTURBATION_METRICS and "deletion_conditional" in script.PERTURBATION_METRICS
+    )
     for model in script.PROFILES.values():
         for profile in model.values():
             assert set(profile["methods"]) <= set(list_methods())
@@ -233,13 +232,15 @@ def test_script_covers_every_method_and_metric_and_parses_its_options():
         script.parse_args(["--quick", "--full"])
 
 
-
 def test_update_readme_replaces_only_the_marked_block(tmp_path):
     script = _load_script()
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n## Benchmark\nintro\n{script.README_START}\nold table\n{script.README_END}\nafter\n")
     script.update_readme(readme, "| new |\n")
-    assert readme.read_text() == f"# x\n\n## Benchmark\nintro\n{script.README_START}\n| new |\n{script.README_END}\nafter\n"
+    assert (
+        readme.read_text()
+        == f"# x\n\n## Benchmark\nintro\n{script.README_START}\n| new |\n{script.README_END}\nafter\n"
+    )
     readme.write_text("# no markers\n")
     with pytest.raises(SystemExit, match="markers|bench:start"):
         script.update_readme(readme, "| new |\n")
@@ -253,16 +254,32 @@ def test_bf16_table_path_with_fp32_runs_standing_in(tmp_path):
     model, pairs = tiny_model(), tiny_pairs(2)
     run = bench.run_method(model, pairs, "occlusion", {"window": 6, "stride": 2}, batch_size=16)
     torch.save([list(maps) for maps in run.outputs], tmp_path / "maps.pt")
-    method = {"seconds": run.seconds, "counts": [c.as_dict() for c in run.counts], "throughput": {"forward": 1e3},
-              "batch_throughput": [[size, grad, 1e3] for size, grad in run.counts[0].batches],
-              "peak_rss_mb": 10.0, "baseline_rss_mb": 5.0, "maps": str(tmp_path / "maps.pt"), "settings": {}}
+    method = {
+        "seconds": run.seconds,
+        "counts": [c.as_dict() for c in run.counts],
+        "throughput": {"forward": 1e3},
+        "batch_throughput": [[size, grad, 1e3] for size, grad in run.counts[0].batches],
+        "peak_rss_mb": 10.0,
+        "baseline_rss_mb": 5.0,
+        "maps": str(tmp_path / "maps.pt"),
+        "settings": {},
+    }
     explanations = [explain(model, p.x1, p.x2, "gradcam") for p in pairs]
     metric_run = bench.run_metric(model, pairs, explanations, "deletion_simultaneous", {"step": 32}, batch_size=8)
-    metric = {"seconds": metric_run.seconds, "counts": [c.as_dict() for c in metric_run.counts],
-              "values": metric_run.outputs, "throughput": {"forward": 1e3},
-              "batch_throughput": [[size, grad, 1e3] for size, grad in metric_run.counts[0].batches], "settings": {}}
+    metric = {
+        "seconds": metric_run.seconds,
+        "counts": [c.as_dict() for c in metric_run.counts],
+        "values": metric_run.outputs,
+        "throughput": {"forward": 1e3},
+        "batch_throughput": [[size, grad, 1e3] for size, grad in metric_run.counts[0].batches],
+        "settings": {},
+    }
     runner.results["models"]["embedded"] = {
-        "title": "tiny", "pairs": 2, "batch_size": 16, "throughput": {}, "memory": [],
+        "title": "tiny",
+        "pairs": 2,
+        "batch_size": 16,
+        "throughput": {},
+        "memory": [],
         "methods": {"occlusion": {"fp32": method, "bf16": dict(method)}},
         "metrics": {"deletion_simultaneous": {"fp32": metric, "bf16": dict(metric)}},
     }

@@ -5,6 +5,7 @@ Screenshots and a timing report are kept in build/browser/. Skipped, with the re
 its driver or Selenium is missing (`make test` installs Debian's chromium and chromium-driver when it
 runs as root).
 """
+
 from __future__ import annotations
 
 import time
@@ -24,15 +25,18 @@ QUICKSTART, EXPLORER = "00-quickstart.ipynb", "09-explore-pairs.ipynb"
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     if browser_paths() is None:
-        pytest.skip("no headless browser: install Debian's chromium and chromium-driver "
-                    "(`make test` does it with apt-get when it runs as root)")
+        pytest.skip(
+            "no headless browser: install Debian's chromium and chromium-driver "
+            "(`make test` does it with apt-get when it runs as root)"
+        )
     pytest.importorskip("selenium", reason="selenium is missing: pip install -e '.[test]'")
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTEFACTS.glob("*.png"):
         old.unlink()  # a screenshot from an earlier run must not pass for this one
     start = time.monotonic()
-    with lab_session([ROOT / "notebooks" / QUICKSTART, ROOT / "notebooks" / EXPLORER],
-                     tmp_path_factory.mktemp("lab")) as page:
+    with lab_session(
+        [ROOT / "notebooks" / QUICKSTART, ROOT / "notebooks" / EXPLORER], tmp_path_factory.mktemp("lab")
+    ) as page:
         page.timings = {"server and browser start": time.monotonic() - start}
         yield page
         page.timings["total"] = time.monotonic() - start
@@ -68,7 +72,10 @@ def test_quickstart_shows_its_figures_inline(lab, shot):
     texts = lab.js("return [...document.querySelectorAll('.jp-OutputArea-output')].map(o => o.innerText).join('\\n')")
     assert "<Figure size" not in texts
     for index, name in enumerate(("00-quickstart-methods.png", "00-quickstart-pair.png")):
-        lab.js("document.querySelectorAll('.jp-OutputArea-output img')[arguments[0]].scrollIntoView({block: 'start'})", index)
+        lab.js(
+            "document.querySelectorAll('.jp-OutputArea-output img')[arguments[0]].scrollIntoView({block: 'start'})",
+            index,
+        )
         time.sleep(0.3)
         shot(name)
 
@@ -104,10 +111,14 @@ def _choose(lab, control: str, label: str, before: str, timeout: float = 120) ->
 
 def test_explorer_renders_controls_and_follows_them(lab, shot):
     cells = _open_and_run(lab, EXPLORER, timeout=240)
-    widget_output = [o for c in cells for o in c["outputs"] if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    widget_output = [
+        o for c in cells for o in c["outputs"] if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
     assert widget_output, "the explorer cell shows no widget"
     page_text = lab.js("return document.querySelector('.jp-Notebook').innerText")
-    assert "interactive(children" not in page_text and "VBox(children" not in page_text and "PairExplorer" not in page_text
+    assert (
+        "interactive(children" not in page_text and "VBox(children" not in page_text and "PairExplorer" not in page_text
+    )
     counts = lab.js("""const e = document.querySelector('.cle-explorer');
         return e && [e.querySelectorAll('select').length, e.querySelectorAll('.widget-slider').length,
                      e.querySelectorAll('input').length];""")
@@ -128,7 +139,9 @@ def test_explorer_renders_controls_and_follows_them(lab, shot):
     shot("09-explorer-occlusion.png")
 
     start = time.monotonic()
-    scene = lab.js("return [...document.querySelectorAll('.cle-image option')].map(o => o.text).find(t => t.startsWith('scene'))")
+    scene = lab.js(
+        "return [...document.querySelectorAll('.cle-image option')].map(o => o.text).find(t => t.startsWith('scene'))"
+    )
     _choose(lab, "image", scene, occlusion)
     lab.timings["explorer: image -> scene"] = time.monotonic() - start
     shot("09-explorer-scene.png")

@@ -1,4 +1,5 @@
 """Pair Grad-CAM (M4) and Interaction-CAM (M5) against captum, hand-derived gradients and explicit loops."""
+
 from __future__ import annotations
 
 import itertools
@@ -14,6 +15,8 @@ from cl_explain.explainers.base import bf16_supported
 from cl_explain.explainers.cam import attention_pool, interaction_gradients
 from cl_explain.models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel
 
+from helpers import patch_features
+
 SIDE = 16
 PATCH = (slice(4, 8), slice(8, 12))
 CAM_VARIANTS = [("gradcam", {"weighting": w}) for w in ("elementwise", "channel")] + [
@@ -25,9 +28,7 @@ CAM_VARIANTS = [("gradcam", {"weighting": w}) for w in ("elementwise", "channel"
 def backbone(seed: int = 0) -> nn.Module:
     """Tiny CNN ending in a ReLU (non-negative maps like ResNet's layer4): 16 px -> 6 x 4 x 4."""
     torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, stride=4, padding=1), nn.ReLU()
-    )
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, stride=4, padding=1), nn.ReLU())
 
 
 def mlp_model(seed: int = 0) -> SimilarityModel:
@@ -163,24 +164,10 @@ def test_swapping_images_swaps_maps(method, params):
     assert a.map1.shape == (4, 4) and a.map1.dtype == torch.float32
 
 
-class PatchOnly(nn.Module):
-    """Non-negative features that are zero outside PATCH: only the patch can explain the similarity."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 1, bias=False)
-        mask = torch.zeros(1, 1, SIDE, SIDE)
-        mask[0, 0][PATCH] = 1
-        self.register_buffer("mask", mask)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.conv(x)) * self.mask
-
-
 @pytest.mark.parametrize("method,params", CAM_VARIANTS)
 def test_patch_model_lights_up_the_patch(method, params):
     torch.manual_seed(0)
-    model = SimilarityModel(PatchOnly(), nn.Linear(8, 6, bias=False))
+    model = SimilarityModel(patch_features(SIDE, PATCH), nn.Linear(8, 6, bias=False))
     x1, x2 = images(seed=2)
     inside = torch.zeros(SIDE, SIDE, dtype=torch.bool)
     inside[PATCH] = True

@@ -5,18 +5,22 @@ Skipped, with the reason, where torch sees no CUDA device. TF32 is switched off 
 with it, GPU matmuls and convolutions round to 10 mantissa bits, which is a precision choice, not
 a device difference. scripts/gpu_check.py runs this file as part of its one-go check.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from cl_explain import explain
-from cl_explain.bench import rank_correlation
+from cl_explain import explain, list_methods
 from cl_explain.explainers.base import get_method
-from cl_explain.metrics import PAPER_METRICS, evaluate_pair, random_explanation, randomisation_test
+from cl_explain.metrics import PAPER_METRICS, evaluate_pair, random_explanation, randomization_test
 from cl_explain.models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel
 
-from test_device import FAST, PACKAGE_METHODS, tiny_pair, tiny_parts
+from cl_explain.maps import rank_correlation
+
+from helpers import FAST, tiny_pair, tiny_parts
+
+PACKAGE_METHODS = sorted(list_methods())
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU checks need one")
 
@@ -76,8 +80,10 @@ def test_every_metric_matches_the_cpu():
     x1, x2 = tiny_pair()
     for method in ("gradcam", "occlusion", "smoothgrad"):
         explanation = explain(cpu, x1, x2, method, **FAST.get(method, {}))
-        values = [evaluate_pair(m, x1, x2, explanation, metrics=PAPER_METRICS, on_not_applicable="skip", n_draws=2)
-                  for m in (cpu, gpu)]
+        values = [
+            evaluate_pair(m, x1, x2, explanation, metrics=PAPER_METRICS, on_not_applicable="skip", n_draws=2)
+            for m in (cpu, gpu)
+        ]
         assert values[0].keys() == values[1].keys()
         for key, value in values[0].items():
             if "increase" in key and values[0].get(key.replace("increase", "drop"), 1.0) == 0.0:
@@ -96,7 +102,7 @@ def test_a_seed_means_the_same_map_on_both_devices():
         b = explain(gpu, x1, x, method, seed=7, **FAST.get(method, {}))
         assert rank_correlation(a.map1, b.map1) >= 0.99, method
     assert torch.equal(random_explanation(x1, x2, seed=3).map1, random_explanation(x1.cuda(), x2.cuda(), seed=3).map1)
-    steps = [randomisation_test(m, x1, x2, "gradcam", seed=2)["spearman"] for m in (cpu, gpu)]
+    steps = [randomization_test(m, x1, x2, "gradcam", seed=2)["spearman"] for m in (cpu, gpu)]
     assert (steps[0] - steps[1]).abs().max() < 1e-3  # the re-initialised weights are the same on both
 
 

@@ -1,5 +1,4 @@
 """Image loading, seeded views and pairs (as the paper builds its pairs)."""
-import io
 
 import numpy as np
 import pytest
@@ -7,8 +6,15 @@ import torch
 from PIL import Image
 
 from cl_explain.data import (
-    AVERAGED_FAMILIES, averaged_transform, check_same_size, load_image, make_pair, no_shift_view,
-    pure_view, simclr_view, to_tensor,
+    AVERAGED_FAMILIES,
+    averaged_transform,
+    check_same_size,
+    load_image,
+    make_pair,
+    no_shift_view,
+    pure_view,
+    simclr_view,
+    to_tensor,
 )
 
 

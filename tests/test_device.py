@@ -1,5 +1,6 @@
 """The device rule (the model lives where its modules are) and the seed rule (random numbers come from
 CPU generators, so a seed means the same map on every device), checked without a GPU."""
+
 from __future__ import annotations
 
 import ast
@@ -17,32 +18,10 @@ from cl_explain.metrics import PAPER_METRICS, evaluate_pair, random_explanation
 from cl_explain.models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel
 from cl_explain.utils import batch_from_memory, cpu_generator, resolve_batch_size
 
-SIDE = 24
-#: Small settings that keep every registered method to well under a second on this tiny model.
-FAST = {
-    "occlusion": {"window": 8, "stride": 4}, "context_agnostic_occlusion": {"window": 8, "stride": 4},
-    "pairwise_occlusion": {"erasures": 8}, "smoothgrad": {"samples": 3},
-    "averaged_transforms": {"noise": True}, "pixel_invariance": {"samples": 8, "epochs": 5},
-}
+from helpers import FAST, tiny_model, tiny_pair, tiny_parts
 
-
-#: The package's own methods (other test files register helper methods whose names start with "_").
-PACKAGE_METHODS = sorted(name for name in list_methods() if not name.startswith("_"))
-
-
-def tiny_parts(seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    torch.manual_seed(seed)
-    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, stride=4, padding=1), nn.ReLU())
-    return backbone, nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5))
-
-
-def tiny_model() -> SimilarityModel:
-    return SimilarityModel(*tiny_parts(), normalize=(IMAGENET_MEAN, IMAGENET_STD), name="tiny")
-
-
-def tiny_pair() -> tuple[torch.Tensor, torch.Tensor]:
-    generator = cpu_generator(5)
-    return torch.rand(1, 3, SIDE, SIDE, generator=generator), torch.rand(1, 3, SIDE, SIDE, generator=generator)
+#: The package's own methods.
+PACKAGE_METHODS = sorted(list_methods())
 
 
 # ------------------------------------------------------------------------------------ device rule
@@ -80,9 +59,27 @@ def test_modules_on_different_devices_get_an_error_naming_the_fix():
 # -------------------------------------------------------------------------------------- seed rule
 
 #: torch functions and tensor methods that draw random numbers.
-DRAWS = {"rand", "randn", "randint", "randperm", "normal", "bernoulli", "multinomial", "poisson",
-         "rand_like", "randn_like", "randint_like", "normal_", "uniform_", "random_", "exponential_",
-         "bernoulli_", "cauchy_", "log_normal_", "geometric_"}
+DRAWS = {
+    "rand",
+    "randn",
+    "randint",
+    "randperm",
+    "normal",
+    "bernoulli",
+    "multinomial",
+    "poisson",
+    "rand_like",
+    "randn_like",
+    "randint_like",
+    "normal_",
+    "uniform_",
+    "random_",
+    "exponential_",
+    "bernoulli_",
+    "cauchy_",
+    "log_normal_",
+    "geometric_",
+}
 #: The code that methods and metrics run (model training and the exercises build CPU-only models).
 SCANNED = ("explainers", "metrics", "data/transforms.py", "models/similarity.py", "precision.py", "fidelity.py")
 
@@ -190,9 +187,13 @@ def test_auto_batch_size_on_a_gpu_comes_from_a_probe_pass(monkeypatch):
     monkeypatch.setattr(SimilarityModel, "device", property(lambda self: torch.device("cuda")))
     monkeypatch.setattr(utils, "to_device", lambda tensor, device, dtype=None: tensor)
     probed = []
-    stubs = {"synchronize": lambda device=None: None, "reset_peak_memory_stats": lambda device=None: None,
-             "memory_allocated": lambda device=None: 1_000_000, "max_memory_allocated": lambda device=None: 9_000_000,
-             "mem_get_info": lambda device=None: (1e9, 2e9)}
+    stubs = {
+        "synchronize": lambda device=None: None,
+        "reset_peak_memory_stats": lambda device=None: None,
+        "memory_allocated": lambda device=None: 1_000_000,
+        "max_memory_allocated": lambda device=None: 9_000_000,
+        "mem_get_info": lambda device=None: (1e9, 2e9),
+    }
     for name, stub in stubs.items():
         monkeypatch.setattr(torch.cuda, name, stub)
     model.backbone.register_forward_hook(lambda module, inputs, output: probed.append(inputs[0].shape[0]))

@@ -1,4 +1,5 @@
 """Object-versus-background diagnostics: similarities of triplets, Wilson intervals, the table."""
+
 from __future__ import annotations
 
 import math

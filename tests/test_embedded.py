@@ -1,4 +1,5 @@
 """The committed embedded models: load by name, hash checks with a rebuild hint, quality vs random init."""
+
 from __future__ import annotations
 
 import json
@@ -124,8 +125,11 @@ def test_every_quality_number_recomputes_from_the_checkpoint(name, recomputed_qu
     stored = MANIFEST["models"][name]["quality"]
     recomputed = recomputed_quality(name)
     assert set(recomputed) == set(stored)
-    moved = {key: (recomputed[key], stored[key]) for key in stored
-             if abs(recomputed[key] - stored[key]) > QUALITY_TOLERANCE[key] + 1e-4}
+    moved = {
+        key: (recomputed[key], stored[key])
+        for key in stored
+        if abs(recomputed[key] - stored[key]) > QUALITY_TOLERANCE[key] + 1e-4
+    }
     assert not moved, f"{name}: (recomputed, manifest) beyond the cross-CPU tolerance: {moved}"
 
 
@@ -136,7 +140,9 @@ def test_two_views_of_a_scene_beat_another_scene(name, recomputed_quality):
     assert recomputed_quality(name)["view_pass_rate"] >= 0.9
 
 
-@pytest.mark.parametrize("name", ["embedded-simclr", "embedded-barlow-twins", "embedded-simsiam", "embedded-supervised"])
+@pytest.mark.parametrize(
+    "name", ["embedded-simclr", "embedded-barlow-twins", "embedded-simsiam", "embedded-supervised"]
+)
 def test_models_beat_random_init(name):
     quality, baseline = MANIFEST["models"][name]["quality"], MANIFEST["models"][name]["random_init_quality"]
     for metric in ("knn_top1", "linear_probe_top1", "view_pass_rate", "pure_view_pass_rate"):

@@ -1,5 +1,6 @@
 """Classroom exercises: the checkers accept the instructor solutions, reject known mistakes with the
 right hint, and the student copies are current, solution-free and fail the check with a helpful hint."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,7 +55,9 @@ def test_student_copy_fails_with_a_helpful_hint(path):
 def test_stale_copy_is_detected(tmp_path):
     source, target = tmp_path / "src", tmp_path / "src" / "student"
     source.mkdir()
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("def f():\n    # BEGIN SOLUTION\n    return 1\n    # END SOLUTION")])
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell("def f():\n    # BEGIN SOLUTION\n    return 1\n    # END SOLUTION")]
+    )
     nbformat.write(nb, source / "a.ipynb")
     assert stale_copies(source, target) == [str(target / "a.ipynb")]
     exercises.generate(source, target)
@@ -65,18 +68,23 @@ def test_stale_copy_is_detected(tmp_path):
 
 
 def test_strip_solution_keeps_indentation_and_signature():
-    source = "def f(x):\n    \"\"\"doc\"\"\"\n    # BEGIN SOLUTION\n    y = x + 1\n    return y\n    # END SOLUTION\nprint(1)"
+    source = 'def f(x):\n    """doc"""\n    # BEGIN SOLUTION\n    y = x + 1\n    return y\n    # END SOLUTION\nprint(1)'
     stripped = strip_solution(source)
-    assert stripped.splitlines() == ["def f(x):", '    """doc"""',
-                                     f'    raise NotImplementedError("{exercises.STUB_MESSAGE}")', "print(1)"]
+    assert stripped.splitlines() == [
+        "def f(x):",
+        '    """doc"""',
+        f'    raise NotImplementedError("{exercises.STUB_MESSAGE}")',
+        "print(1)",
+    ]
     namespace: dict = {}
     exec(stripped.replace("print(1)", ""), namespace)
     with pytest.raises(NotImplementedError):
         namespace["f"](1)
 
 
-@pytest.mark.parametrize("source", ["# BEGIN SOLUTION\nx = 1", "x = 1\n# END SOLUTION",
-                                    "# BEGIN SOLUTION\n# BEGIN SOLUTION\n# END SOLUTION"])
+@pytest.mark.parametrize(
+    "source", ["# BEGIN SOLUTION\nx = 1", "x = 1\n# END SOLUTION", "# BEGIN SOLUTION\n# BEGIN SOLUTION\n# END SOLUTION"]
+)
 def test_strip_solution_rejects_unbalanced_markers(source):
     with pytest.raises(ValueError, match="SOLUTION"):
         strip_solution(source)
@@ -99,18 +107,21 @@ def _occlusion(model, x1, x2, window, stride, sign=1.0, fill=None, swap=False):
             for i in range(rows):
                 for j in range(cols):
                     occluded = x.clone()
-                    occluded[..., i * stride:i * stride + window, j * stride:j * stride + window] = fill
+                    occluded[..., i * stride : i * stride + window, j * stride : j * stride + window] = fill
                     heat[i, j] = base - cosine(model.embed(occluded), other)
             maps.append(sign * heat)
     return (maps[1], maps[0]) if swap else (maps[0], maps[1])
 
 
-@pytest.mark.parametrize("mistake, hint", [
-    ({}, None),
-    ({"sign": -1.0}, "signs are flipped"),
-    ({"fill": torch.zeros(1, 3, 1, 1)}, "model.zero_pixel"),
-    ({"swap": True}, "swapped"),
-])
+@pytest.mark.parametrize(
+    "mistake, hint",
+    [
+        ({}, None),
+        ({"sign": -1.0}, "signs are flipped"),
+        ({"fill": torch.zeros(1, 3, 1, 1)}, "model.zero_pixel"),
+        ({"swap": True}, "swapped"),
+    ],
+)
 def test_occlusion_checker_recognises_mistakes(mistake, hint):
     result = check("conditional_occlusion", lambda *args: _occlusion(*args, **mistake))
     assert result.passed == (hint is None), result.message
@@ -137,14 +148,20 @@ def _pool(f, reduction):
     return flat @ weights
 
 
-@pytest.mark.parametrize("function, hint", [
-    (lambda f1, f2, r: _pool(f1, r) * _pool(f2, r), None),
-    (lambda f1, f2, r: _pool(f1 * f2, r), "pool each map first"),
-    (lambda f1, f2, r: f1.sum((2, 3))[0] * f2.sum((2, 3))[0] if r == "mean" else _pool(f1, r) * _pool(f2, r), "MEAN"),
-    (lambda f1, f2, r: _pool(f1, r) + _pool(f2, r), "PRODUCT"),
-    (lambda f1, f2, r: _pool(f1, r), "only r(F1)"),
-    (lambda f1, f2, r: f1.flatten(), "one per channel"),
-])
+@pytest.mark.parametrize(
+    "function, hint",
+    [
+        (lambda f1, f2, r: _pool(f1, r) * _pool(f2, r), None),
+        (lambda f1, f2, r: _pool(f1 * f2, r), "pool each map first"),
+        (
+            lambda f1, f2, r: f1.sum((2, 3))[0] * f2.sum((2, 3))[0] if r == "mean" else _pool(f1, r) * _pool(f2, r),
+            "MEAN",
+        ),
+        (lambda f1, f2, r: _pool(f1, r) + _pool(f2, r), "PRODUCT"),
+        (lambda f1, f2, r: _pool(f1, r), "only r(F1)"),
+        (lambda f1, f2, r: f1.flatten(), "one per channel"),
+    ],
+)
 def test_joint_weight_checker_recognises_mistakes(function, hint):
     result = check("joint_channel_weight", function)
     assert result.passed == (hint is None), result.message
@@ -159,6 +176,7 @@ def test_attention_scaling_mistake_is_named():
         flat = f1.flatten(2)[0]
         weights = torch.softmax(flat.mean(1) @ flat / flat.shape[0] ** 0.5, dim=0)
         return (flat @ weights) * _pool(f2, "attn")
+
     result = check("joint_channel_weight", scaled)
     assert not result.passed and "UNSCALED" in result.message
 
@@ -182,12 +200,15 @@ def _deletion_auc(model, x1, x2, map1, map2, step, order=1.0, fill=None, average
     return float((scores.sum() - scores[0] / 2 - scores[-1] / 2) / (len(scores) - 1))
 
 
-@pytest.mark.parametrize("mistake, hint", [
-    ({}, None),
-    ({"order": -1.0}, "LEAST salient"),
-    ({"fill": torch.zeros(1, 3, 1, 1)}, "model.zero_pixel"),
-    ({"average": True}, "trapezoid"),
-])
+@pytest.mark.parametrize(
+    "mistake, hint",
+    [
+        ({}, None),
+        ({"order": -1.0}, "LEAST salient"),
+        ({"fill": torch.zeros(1, 3, 1, 1)}, "model.zero_pixel"),
+        ({"average": True}, "trapezoid"),
+    ],
+)
 def test_deletion_checker_recognises_mistakes(mistake, hint):
     result = check("simultaneous_deletion_auc", lambda *args: _deletion_auc(*args, **mistake))
     assert result.passed == (hint is None), result.message
@@ -211,5 +232,7 @@ def test_tiny_model_spreads_similarities_and_is_deterministic():
 
 
 def test_check_result_renders():
-    result = dataclasses.replace(check("conditional_occlusion", lambda *a: (_ for _ in ()).throw(NotImplementedError())))
+    result = dataclasses.replace(
+        check("conditional_occlusion", lambda *a: (_ for _ in ()).throw(NotImplementedError()))
+    )
     assert "❌" in result._repr_markdown_() and "NOT YET" in str(result)

@@ -1,4 +1,5 @@
 """The explain() API: partner images of Averaged Transforms (scored by the metrics) and per-method defaults."""
+
 from dataclasses import replace
 
 import torch
@@ -11,7 +12,9 @@ from cl_explain.models.similarity import SimilarityModel
 
 def small_model():
     torch.manual_seed(0)
-    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())
+    backbone = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU()
+    )
     return SimilarityModel(backbone, nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)))
 
 

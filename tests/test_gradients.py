@@ -1,4 +1,5 @@
 """Gradient explainers (M6-M8) against independent computations on tiny models."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,6 +19,8 @@ from cl_explain.explainers.gradients import (
 )
 from cl_explain.models.similarity import SimilarityModel
 
+from helpers import PatchOnly, patch_mask
+
 
 def tiny_model(dtype=torch.float64, seed=0, inplace=True, normalize=((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))):
     torch.manual_seed(seed)
@@ -28,23 +31,13 @@ def tiny_model(dtype=torch.float64, seed=0, inplace=True, normalize=((0.4, 0.5, 
     return SimilarityModel(backbone, head, normalize=normalize).to(dtype)
 
 
-class PatchOnly(nn.Module):
-    """Zeroes every pixel outside a fixed patch, so S depends only on the patch."""
-
-    def __init__(self, side: int, rows: slice, cols: slice) -> None:
-        super().__init__()
-        mask = torch.zeros(1, 1, side, side, dtype=torch.float64)
-        mask[..., rows, cols] = 1
-        self.register_buffer("mask", mask)
-
-    def forward(self, x):
-        return x * self.mask
-
-
 def patch_model(side=10, rows=slice(2, 5), cols=slice(4, 8)):
     torch.manual_seed(1)
     backbone = nn.Sequential(
-        PatchOnly(side, rows, cols), nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1)
+        PatchOnly(patch_mask(side, (rows, cols))),
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 3, padding=1),
     )
     head = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 4))
     return SimilarityModel(backbone, head).double()
@@ -52,7 +45,9 @@ def patch_model(side=10, rows=slice(2, 5), cols=slice(4, 8)):
 
 def images(side=6, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(1, 3, side, side, generator=g, dtype=dtype), torch.rand(1, 3, side, side, generator=g, dtype=dtype)
+    return torch.rand(1, 3, side, side, generator=g, dtype=dtype), torch.rand(
+        1, 3, side, side, generator=g, dtype=dtype
+    )
 
 
 def state(model):
@@ -105,7 +100,11 @@ def test_pairs_in_a_batch_are_independent():
 def test_guided_backprop_hand_computed_two_relu_net():
     # x = (1, 1): h1 = W1 x = (0, 3); h2 = W2 relu(h1) = (3, 3); y = W3 relu(h2) = -3.
     net = nn.Sequential(
-        nn.Linear(2, 2, bias=False), nn.ReLU(inplace=True), nn.Linear(2, 2, bias=False), nn.ReLU(), nn.Linear(2, 1, bias=False)
+        nn.Linear(2, 2, bias=False),
+        nn.ReLU(inplace=True),
+        nn.Linear(2, 2, bias=False),
+        nn.ReLU(),
+        nn.Linear(2, 1, bias=False),
     )
     with torch.no_grad():
         net[0].weight.copy_(torch.tensor([[1.0, -1.0], [2.0, 1.0]]))

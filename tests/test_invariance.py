@@ -1,5 +1,6 @@
 """Pixel Invariance (M9): surrogate fit vs a hand-written NumPy gradient descent, map post-processing,
 and localisation on a model whose embedding depends on one patch only."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,17 +18,11 @@ from cl_explain.explainers.invariance import (
 )
 from cl_explain.models.similarity import SimilarityModel
 
+import helpers
+from helpers import PatchOnly
+
 SIDE = 32
 PATCHES = ((slice(4, 14), slice(16, 28)), (slice(20, 30), slice(2, 12)))
-
-
-class PatchOnly(nn.Module):
-    def __init__(self, patch: tuple[slice, slice]) -> None:
-        super().__init__()
-        self.register_buffer("mask", patch_mask(patch).float()[None, None])
-
-    def forward(self, x):
-        return x * self.mask
 
 
 def patch_colour_model(patch: tuple[slice, slice] = PATCHES[0]) -> SimilarityModel:
@@ -36,7 +31,7 @@ def patch_colour_model(patch: tuple[slice, slice] = PATCHES[0]) -> SimilarityMod
     with torch.no_grad():
         conv.weight.copy_(5 * torch.eye(3).view(3, 3, 1, 1))
         conv.bias.copy_(torch.tensor([-0.3, -0.2, -0.35]))
-    return SimilarityModel(nn.Sequential(PatchOnly(patch), conv))
+    return SimilarityModel(nn.Sequential(PatchOnly(patch_mask(patch)), conv))
 
 
 def image() -> torch.Tensor:
@@ -44,9 +39,7 @@ def image() -> torch.Tensor:
 
 
 def patch_mask(patch: tuple[slice, slice]) -> torch.Tensor:
-    inside = torch.zeros(SIDE, SIDE, dtype=torch.bool)
-    inside[patch] = True
-    return inside
+    return helpers.patch_mask(SIDE, patch)
 
 
 FAST = {"samples": 96, "epochs": 100, "surrogate_side": 16}

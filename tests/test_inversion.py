@@ -1,4 +1,5 @@
 """Feature inversion (M10) and feature visualisation (M11) on a tiny staged backbone."""
+
 from __future__ import annotations
 
 import pytest
@@ -82,8 +83,9 @@ def test_paper_inversion_update_is_sgd_with_clipping_and_decay():
         loss = inversion_loss(feature_map(model, x, "layer1"), target, x)
         (grad,) = torch.autograd.grad(loss, x)
         x = (x.detach() - lr * grad).clamp(0, 1)
-    ours = invert_features(model, image, "layer1", iterations=2, optimizer="paper-sgd", lr=50.0, momentum=0.0,
-                           lr_decay_every=1, seed=3)
+    ours = invert_features(
+        model, image, "layer1", iterations=2, optimizer="paper-sgd", lr=50.0, momentum=0.0, lr_decay_every=1, seed=3
+    )
     torch.testing.assert_close(ours, x)
 
 
@@ -126,7 +128,9 @@ def test_inversion_grid_layout_and_decay_per_model():
     decayed = invert_features(models["ssl"], image, "layer2", lr_decay_every=1, **options)
     torch.testing.assert_close(grid["layer2"]["ssl"], decayed)
     assert not torch.allclose(decayed, invert_features(models["ssl"], image, "layer2", **options))
-    torch.testing.assert_close(grid["stem"]["supervised"], invert_features(models["supervised"], image, "stem", **options))
+    torch.testing.assert_close(
+        grid["stem"]["supervised"], invert_features(models["supervised"], image, "stem", **options)
+    )
     with pytest.raises(ValueError, match="unknown models"):
         invert_features_grid(models, image, lr_decay_every={"dino": 40})
 

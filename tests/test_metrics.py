@@ -3,19 +3,18 @@
 The explainers are written elsewhere; these tests use maps built by hand and tiny test-only methods
 registered below, and stub out the import of the real method modules.
 """
+
 from __future__ import annotations
 
-from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from cl_explain.explainers import base
-from cl_explain.explainers.base import explain, register_method
-from cl_explain.metrics import MetricNotApplicable, max_sensitivity, random_explanation, randomisation_test
-from cl_explain.metrics.drop import drop_increase, masked_image, normalise_map
+from cl_explain.explainers.base import explain
+from cl_explain.metrics import MetricNotApplicable, max_sensitivity, random_explanation, randomization_test
+from cl_explain.metrics.drop import drop_increase, mask_weights, masked_image
 from cl_explain.metrics.grounding import energy_pointing_game, pointing_game
 from cl_explain.metrics.perturbation import (
     area_under_curve,
@@ -25,103 +24,15 @@ from cl_explain.metrics.perturbation import (
     reference_image,
 )
 from cl_explain.metrics.sanity import spearman
-from cl_explain.models.backbones import StagedBackbone
 from cl_explain.models.similarity import SimilarityModel
 
-SIDE = 16
-PATCH = (slice(4, 8), slice(8, 12))  # the only pixels the toy model looks at (16 pixels = one step)
-
-
-# ------------------------------------------------------------------------------------------- toys
-
-
-class PatchBackbone(nn.Module):
-    """Features ReLU(W x) inside a fixed patch, zero elsewhere: the similarity depends on the patch only."""
-
-    def __init__(self, dim: int = 8, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.conv = nn.Conv2d(3, dim, 1, bias=False)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.randn(dim, 3, 1, 1, generator=g))
-        mask = torch.zeros(1, 1, SIDE, SIDE)
-        mask[..., PATCH[0], PATCH[1]] = 1
-        self.register_buffer("mask", mask)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.conv(x)) * self.mask
-
-
-def patch_model(normalize=None) -> SimilarityModel:
-    return SimilarityModel(PatchBackbone(), None, normalize=normalize, name="patch-toy")
-
-
-def images(seed: int = 0, n: int = 2) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.rand(1, 3, SIDE, SIDE, generator=g) for _ in range(n)]
-
-
-def patch_map(reverse: bool = False) -> torch.Tensor:
-    m = torch.zeros(SIDE, SIDE)
-    m[PATCH] = 1.0
-    return -m if reverse else m
-
-
-def staged_model(seed: int = 0) -> SimilarityModel:
-    torch.manual_seed(seed)
-    stages = OrderedDict(
-        stem=nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU()),
-        layer1=nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.ReLU()),
-    )
-    return SimilarityModel(StagedBackbone(stages), nn.Linear(6, 5), normalize=None, name="staged-toy")
-
-
-CALLS = {"linear": 0}
-
-
-def _register(name: str, **kwargs):
-    """Register a test-only method once (pytest may import this module more than once)."""
-
-    def decorate(fn):
-        if name not in base._REGISTRY:
-            register_method(name, {}, **kwargs)(fn)
-        return fn
-
-    return decorate
-
-
-@_register("_test_metrics_linear")
-def linear_method(model, x1, x2, batch_size=64):
-    """Test: the channel mean of each image (a map linear in the input)."""
-    CALLS["linear"] += 1
-    return x1.mean(1)[0], x2.mean(1)[0]
-
-
-@_register("_test_metrics_constant")
-def constant_method(model, x1, x2, batch_size=64):
-    """Test: a fixed map that ignores the input."""
-    ramp = torch.arange(float(SIDE * SIDE)).view(SIDE, SIDE) + 1
-    return ramp, ramp.flip(0)
-
-
-@_register("_test_metrics_nosens", sensitivity=False)
-def nosens_method(model, x1, x2, batch_size=64):
-    """Test: an occlusion-like method without max-sensitivity."""
-    return x1.mean(1)[0], x2.mean(1)[0]
-
-
-@_register("_test_metrics_cam")
-def cam_method(model, x1, x2, batch_size=64):
-    """Test: CAM-like maps, features weighted by the summed head weights (depends on every block)."""
-    with torch.no_grad():
-        weights = model.head.weight.sum(0)[:, None, None]
-        return tuple((model.features(x)[0] * weights).sum(0) for x in (x1, x2))
+from helpers import SIDE, images, patch_map, patch_model, register_test_methods, staged_model
 
 
 @pytest.fixture(autouse=True)
-def only_test_methods(monkeypatch):
-    """Keep the real explainer modules (owned by others) out of these unit tests."""
-    monkeypatch.setattr(base, "_load_all_methods", lambda: None)
+def registered_test_methods():
+    """The test-only methods, registered for each test (the registry fixture removes them afterwards)."""
+    register_test_methods()
 
 
 # ------------------------------------------------------------------------------ insertion/deletion
@@ -192,7 +103,9 @@ def test_conditional_curve_matches_naive_loop_for_any_batch_size(mode, step):
     map1 = torch.rand(SIDE, SIDE, generator=torch.Generator().manual_seed(7))
     reference = naive_curve(model, x1, x2, map1, mode, step or SIDE)
     for batch_size in (1, 7, 1000):
-        curve = perturbation_curves(model, x1, x2, map1, None, mode, ("conditional_1",), step=step, batch_size=batch_size)
+        curve = perturbation_curves(
+            model, x1, x2, map1, None, mode, ("conditional_1",), step=step, batch_size=batch_size
+        )
         c = curve["conditional_1"]
         np.testing.assert_allclose(c.scores.numpy(), reference, atol=1e-5)
         assert c.auc == pytest.approx(np.trapezoid(reference, c.fractions.numpy()), abs=1e-6)
@@ -248,7 +161,9 @@ def test_ranking_the_patch_first_beats_its_reverse():
 
 
 def g_first_deleted(model, x1, x2):
-    return float(perturbation_curves(model, x1, x2, patch_map(), None, "deletion", ("conditional_1",))["conditional_1"].scores[1])
+    return float(
+        perturbation_curves(model, x1, x2, patch_map(), None, "deletion", ("conditional_1",))["conditional_1"].scores[1]
+    )
 
 
 def test_deletion_endpoints_and_substrate_override():
@@ -299,7 +214,7 @@ def test_average_drop_matches_hand_computation():
 
 
 def test_constant_map_keeps_the_image_and_nonpositive_base_has_no_drop():
-    assert torch.equal(normalise_map(torch.full((3, 3), 2.0)), torch.ones(3, 3))
+    assert torch.equal(mask_weights(torch.full((3, 3), 2.0)), torch.ones(3, 3))
     model = patch_model()
     x1, x2 = images(7)
     r = drop_increase(model, x1, x2, torch.zeros(4, 4), torch.zeros(4, 4))
@@ -415,6 +330,7 @@ def test_random_explanation_on_a_grid():
     corner = SIDE // 4
     assert torch.equal(coarse.map1[:corner, :corner], coarse.map1[0, 0].expand(corner, corner))
     assert coarse.map1[0, 0] != coarse.map1[-1, -1]
+
     # smooth: neighbouring pixels differ far less than in a per-pixel map
     def roughness(m):
         return float((m[1:] - m[:-1]).abs().mean())
@@ -439,7 +355,7 @@ def test_randomisation_leaves_model_unchanged_and_decorrelates_maps():
     model = staged_model()
     before = model.fingerprint()
     x1, x2 = images(11)
-    table = randomisation_test(model, x1, x2, "_test_metrics_cam", seed=3)
+    table = randomization_test(model, x1, x2, "_test_metrics_cam", seed=3)
     assert model.fingerprint() == before
     assert list(table.columns) == ["step", "randomised", "image", "spearman"]
     assert table.groupby("step")["randomised"].first().tolist() == ["none", "head", "layer1", "stem"]
@@ -448,12 +364,10 @@ def test_randomisation_leaves_model_unchanged_and_decorrelates_maps():
     assert (final.abs() < 0.8).all(), table
 
 
-def test_normalise_maps_per_map_min_max_and_constant_maps_keep_the_image():
-    from cl_explain.metrics.drop import normalise_maps
-
+def test_mask_weights_per_map_min_max_and_constant_maps_keep_the_image():
     g = torch.Generator().manual_seed(2)
     maps = torch.stack([torch.rand(5, 6, generator=g) * 3 - 1, torch.full((5, 6), 4.0), torch.rand(5, 6, generator=g)])
-    got = normalise_maps(maps)
+    got = mask_weights(maps)
     for m, n in zip(maps, got):
         span = float(m.max() - m.min())
         expected = torch.ones_like(m) if span == 0 else (m - m.min()) / span

@@ -1,4 +1,5 @@
-"""evaluate_pair / evaluate / summarise: results equal the metric functions, caching, errors, CIs."""
+"""evaluate_pair / evaluate / summarize: results equal the metric functions, caching, errors, CIs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,6 @@ import pytest
 import torch
 
 import cl_explain
-from cl_explain.explainers import base
 from cl_explain.explainers.base import PairExplanation, explain, register_method
 from cl_explain.metrics import (
     METRICS,
@@ -19,28 +19,29 @@ from cl_explain.metrics import (
     evaluate_pair,
     format_table,
     list_metrics,
-    summarise,
+    summarize,
 )
 from cl_explain.metrics.drop import drop_increase
 from cl_explain.metrics.perturbation import perturbation_curves
-from test_metrics import CALLS, SIDE, images, patch_map, patch_model  # also registers the test methods
+from helpers import CALLS, SIDE, images, patch_map, patch_model, register_test_methods
 
 
-@register_method("_test_harness_single", {}, needs_pair=False, sensitivity=False)
 def single_method(model, x1, x2, batch_size=64):
     """Test: a pixel-invariance-like method explaining x1 only."""
     return x1.mean(1)[0], None
 
 
-@register_method("_test_harness_own_image", {}, needs_pair=False)
 def own_image_method(model, x1, x2, batch_size=64):
     """Test: an averaged-transforms-like method whose map2 belongs to an image it made itself."""
     return x1.mean(1)[0], (0.5 * x1).mean(1)[0] ** 2
 
 
 @pytest.fixture(autouse=True)
-def only_test_methods(monkeypatch):
-    monkeypatch.setattr(base, "_load_all_methods", lambda: None)
+def registered_test_methods():
+    """The test-only methods, registered for each test (the registry fixture removes them afterwards)."""
+    register_test_methods()
+    register_method("_test_harness_single", {}, needs_pair=False, sensitivity=False)(single_method)
+    register_method("_test_harness_own_image", {}, needs_pair=False)(own_image_method)
 
 
 def make_pairs(n: int, masks: bool = False) -> list[Pair]:
@@ -133,8 +134,12 @@ def test_single_map_explanations_get_direction_one_only():
     x1, x2 = images(23)
     e = explain(model, x1, None, "_test_harness_single")
     out = evaluate_pair(model, x1, x2, e, metrics=["deletion_conditional", "average_increase_conditional"])
-    assert set(out) == {"deletion_conditional", "deletion_conditional_1",
-                        "average_increase_conditional", "average_increase_conditional_1"}
+    assert set(out) == {
+        "deletion_conditional",
+        "deletion_conditional_1",
+        "average_increase_conditional",
+        "average_increase_conditional_1",
+    }
     curve = perturbation_curves(model, x1, x2, e.map1, None, "deletion", ("conditional_1",))["conditional_1"]
     assert out["deletion_conditional"] == pytest.approx(curve.auc)
     for metric in ("deletion_simultaneous", "average_drop_simultaneous", "max_sensitivity"):
@@ -143,8 +148,13 @@ def test_single_map_explanations_get_direction_one_only():
     skipped = evaluate_pair(model, x1, x2, e, metrics=["insertion_simultaneous"], on_not_applicable="skip")
     assert skipped == {}
     with pytest.warns(UserWarning, match="not applicable"):
-        df = evaluate(model, make_pairs(2), ["_test_harness_single"],
-                      ["insertion_simultaneous", "insertion_conditional"], progress=False)
+        df = evaluate(
+            model,
+            make_pairs(2),
+            ["_test_harness_single"],
+            ["insertion_simultaneous", "insertion_conditional"],
+            progress=False,
+        )
     assert set(df["metric"]) == {"insertion_conditional", "insertion_conditional_1"}
     assert len(df.attrs["not_applicable"]) == 2 and df["value"].notna().all()
 
@@ -179,8 +189,9 @@ def test_evaluate_any_number_of_pairs_matches_evaluate_pair(n_pairs):
     rnd = evaluate_pair(model, p.x1, p.x2, random_explanation(p.x1, p.x2, seed=p.seed), metrics)
     got = df[(df.pair_id == p.pair_id) & (df.method == "random")].set_index("metric")["value"]
     assert got.to_dict() == pytest.approx(rnd)
-    coarse = evaluate(model, pairs, ["grid"], metrics, method_params={"grid": {"method": "random", "cells": 4}},
-                      progress=False)
+    coarse = evaluate(
+        model, pairs, ["grid"], metrics, method_params={"grid": {"method": "random", "cells": 4}}, progress=False
+    )
     expected = evaluate_pair(model, p.x1, p.x2, random_explanation(p.x1, p.x2, seed=p.seed, cells=4), metrics)
     assert coarse[coarse.pair_id == p.pair_id].set_index("metric")["value"].to_dict() == pytest.approx(expected)
     assert expected != pytest.approx(rnd)  # the grid changes the baseline
@@ -192,7 +203,10 @@ def test_dict_pairs_labels_and_duplicates():
     model = patch_model()
     x1, x2 = images(24)
     df = evaluate(
-        model, [{"x1": x1, "x2": x2, "pair_id": "a", "seed": 5}], ["lin", "const"], ["deletion_simultaneous"],
+        model,
+        [{"x1": x1, "x2": x2, "pair_id": "a", "seed": 5}],
+        ["lin", "const"],
+        ["deletion_simultaneous"],
         method_params={"lin": {"method": "_test_metrics_linear"}, "const": {"method": "_test_metrics_constant"}},
         progress=False,
     )
@@ -226,19 +240,27 @@ def test_cache_makes_a_rerun_compute_nothing(tmp_path, monkeypatch):
     assert CALLS["linear"] == 0 and forwards == []
     pd.testing.assert_frame_equal(first, second)
     # a different metric option is a different result: recomputed
-    third = evaluate(model, pairs[:1], ["_test_metrics_linear"], ["insertion_conditional"], cache_dir=tmp_path,
-                     progress=False, step=SIDE // 2)
+    third = evaluate(
+        model,
+        pairs[:1],
+        ["_test_metrics_linear"],
+        ["insertion_conditional"],
+        cache_dir=tmp_path,
+        progress=False,
+        step=SIDE // 2,
+    )
     assert CALLS["linear"] == 1 and forwards
     assert third.value.iloc[0] != first.value.iloc[0]
 
 
 def test_cache_key_follows_the_model_weights(tmp_path):
     pairs = make_pairs(1)
-    a = evaluate(patch_model(), pairs, ["_test_metrics_linear"], ["deletion_conditional"], cache_dir=tmp_path,
-                 progress=False)
+    a = evaluate(
+        patch_model(), pairs, ["_test_metrics_linear"], ["deletion_conditional"], cache_dir=tmp_path, progress=False
+    )
     other = patch_model()
     with torch.no_grad():
-        other.backbone.conv.weight.mul_(-1)
+        other.backbone[0].weight.mul_(-1)
     b = evaluate(other, pairs, ["_test_metrics_linear"], ["deletion_conditional"], cache_dir=tmp_path, progress=False)
     assert len(list(tmp_path.rglob("*.json"))) == 2
     assert not np.allclose(a.value, b.value)
@@ -246,16 +268,20 @@ def test_cache_key_follows_the_model_weights(tmp_path):
 
 def test_cache_key_follows_the_package_source(tmp_path, monkeypatch):
     """A result computed by other code (another source digest) is not reused."""
-    from cl_explain.metrics import harness
+    from cl_explain.metrics import grid
 
     pairs = make_pairs(1)
-    run = lambda: evaluate(patch_model(), pairs, ["_test_metrics_linear"], ["deletion_conditional"], cache_dir=tmp_path,
-                           progress=False)
+
+    def run():
+        return evaluate(
+            patch_model(), pairs, ["_test_metrics_linear"], ["deletion_conditional"], cache_dir=tmp_path, progress=False
+        )
+
     first = run()
     (stored,) = tmp_path.rglob("*.json")
     stored.write_text(stored.read_text().replace(str(first.value.iloc[0]), "0.123456"))  # plant a stale value
     assert run().value.iloc[0] == pytest.approx(0.123456)  # same code: the cache answers
-    monkeypatch.setattr(harness, "source_digest", lambda: "other-code")
+    monkeypatch.setattr(grid, "source_digest", lambda: "other-code")
     assert run().value.iloc[0] == first.value.iloc[0]  # other code: recomputed
     assert len(list(tmp_path.rglob("*.json"))) == 2
 
@@ -283,7 +309,7 @@ def test_summarise_ci_contains_mean_and_shrinks_with_n():
         for i, v in enumerate(rng.normal(0.5, 0.1, n))
     ]
     rows.append({"pair_id": "0", "seed": 0, "method": "small", "metric": "max_sensitivity", "value": 2.0})
-    summary = summarise(pd.DataFrame(rows), n_boot=500)
+    summary = summarize(pd.DataFrame(rows), n_boot=500)
     assert list(summary.index) == ["small", "large"]
     for method in ("small", "large"):
         s = summary.loc[method, "deletion_simultaneous"]
@@ -294,16 +320,22 @@ def test_summarise_ci_contains_mean_and_shrinks_with_n():
     assert summary.loc["small", ("max_sensitivity", "ci_low")] == 2.0  # one value: a zero-width interval
     values = np.array([r["value"] for r in rows if r["method"] == "small" and r["metric"] == "deletion_simultaneous"])
     assert small["mean"] == pytest.approx(values.mean())
-    assert summarise(pd.DataFrame(rows), n_boot=500).equals(summary)  # seeded
-    assert format_table(summary, ["max_sensitivity", "pointing_game"], ci=False).splitlines()[2] == "| small | 2.000 | NA |"
+    assert summarize(pd.DataFrame(rows), n_boot=500).equals(summary)  # seeded
+    assert (
+        format_table(summary, ["max_sensitivity", "pointing_game"], ci=False).splitlines()[2]
+        == "| small | 2.000 | NA |"
+    )
     table = format_table(summary)
     assert table.splitlines()[0] == "| method | SD ↓ | MS ↓ |"
-    assert table.splitlines()[-1] == f"| large | {large['mean']:.3f} [{large['ci_low']:.3f}, {large['ci_high']:.3f}] | NA |"
+    assert (
+        table.splitlines()[-1]
+        == f"| large | {large['mean']:.3f} [{large['ci_low']:.3f}, {large['ci_high']:.3f}] | NA |"
+    )
 
 
 def test_drop_increase_many_equals_pair_by_pair_and_shares_batches(monkeypatch):
     from cl_explain.metrics import drop_increase_many
-    from test_metrics import staged_model
+    from helpers import staged_model
 
     model = staged_model()
     g = torch.Generator().manual_seed(8)

@@ -1,5 +1,6 @@
 """Helpers the notebooks call: cl_explain.notebook (setup, tables, pairs, findings, variants) and
 cl_explain.analysis (correlation with accuracy, paired model comparison, inversion errors)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,16 @@ from scipy import stats
 from cl_explain.analysis import bootstrap_correlation, correlation_table, inversion_errors, paired_difference
 from cl_explain.exercises import tiny_model
 from cl_explain.notebook import (
-    explain_variants, findings, load_pairs, markdown_table, overall, pair_maps_only, save_table, score_table,
-    score_variants, setup,
+    explain_variants,
+    findings,
+    load_pairs,
+    markdown_table,
+    overall,
+    pair_maps_only,
+    save_table,
+    score_table,
+    score_variants,
+    setup,
 )
 
 
@@ -80,12 +89,17 @@ def test_findings_renders_bullets():
 def test_variants_explain_and_score_only_what_applies():
     model = tiny_model()
     pair = load_pairs(1, 24, seed=0)[0]
-    variants = {"cam": {"method": "gradcam", "weighting": "channel"}, "avgt": {"method": "averaged_transforms"},
-                "pi": {"method": "pixel_invariance", "samples": 8, "epochs": 3}}
+    variants = {
+        "cam": {"method": "gradcam", "weighting": "channel"},
+        "avgt": {"method": "averaged_transforms"},
+        "pi": {"method": "pixel_invariance", "samples": 8, "epochs": 3},
+    }
     explanations = explain_variants(model, pair, variants)
     assert explanations["cam"].params["weighting"] == "channel"
     assert explanations["avgt"].params["transform"] == "combine"
-    scores = score_variants(model, [pair], [explanations], ["deletion_simultaneous", "deletion_conditional", "pointing_game"])
+    scores = score_variants(
+        model, [pair], [explanations], ["deletion_simultaneous", "deletion_conditional", "pointing_game"]
+    )
     by_method = scores.groupby("method").metric.apply(set).to_dict()
     assert "deletion_simultaneous" in by_method["cam"]
     assert "deletion_simultaneous" not in by_method["pi"]  # explains x1 alone
@@ -96,8 +110,15 @@ def test_variants_explain_and_score_only_what_applies():
 
 
 def test_score_table_keeps_overall_values_in_order():
-    rows = [("p1", "b", "cd", 0.4), ("p1", "b", "cd_1", 0.2), ("p1", "b", "cd_2", 0.6), ("p1", "a", "cd", 0.1),
-            ("p2", "b", "cd", 0.6), ("p2", "a", "cd", 0.3), ("p2", "a", "epg", 0.5)]
+    rows = [
+        ("p1", "b", "cd", 0.4),
+        ("p1", "b", "cd_1", 0.2),
+        ("p1", "b", "cd_2", 0.6),
+        ("p1", "a", "cd", 0.1),
+        ("p2", "b", "cd", 0.6),
+        ("p2", "a", "cd", 0.3),
+        ("p2", "a", "epg", 0.5),
+    ]
     df = pd.DataFrame(rows, columns=["pair_id", "method", "metric", "value"])
     assert set(overall(df).metric) == {"cd", "epg"}
     table = score_table(df)
@@ -132,16 +153,23 @@ def test_bootstrap_correlation_errors_and_constant_input():
 
 
 def test_correlation_table_covers_every_method_and_metric():
-    rows = [{"model": m, "method": meth, "metric": "x", "pair_id": p, "value": i + p}
-            for i, m in enumerate("abcd") for meth in ("u", "v") for p in range(3)]
+    rows = [
+        {"model": m, "method": meth, "metric": "x", "pair_id": p, "value": i + p}
+        for i, m in enumerate("abcd")
+        for meth in ("u", "v")
+        for p in range(3)
+    ]
     table = correlation_table(pd.DataFrame(rows), {"a": 1, "b": 2, "c": 3, "d": 4}, n_boot=50)
     assert list(table.method) == ["u", "v"] and table.r.tolist() == pytest.approx([1.0, 1.0])
 
 
 def test_paired_difference_keeps_the_pairing():
     pairs = np.arange(10.0)
-    rows = [{"model": model, "pair_id": i, "method": "m", "metric": "x", "value": 10 * v + shift}
-            for model, shift in (("A", 0.1), ("B", 0.0)) for i, v in enumerate(pairs)]
+    rows = [
+        {"model": model, "pair_id": i, "method": "m", "metric": "x", "value": 10 * v + shift}
+        for model, shift in (("A", 0.1), ("B", 0.0))
+        for i, v in enumerate(pairs)
+    ]
     result = paired_difference(pd.DataFrame(rows), "A", "B", n_boot=200).iloc[0]
     assert result.difference == pytest.approx(0.1)
     assert result.ci_high - result.ci_low < 1e-9  # the pair effect cancels; an unpaired bootstrap would be wide
@@ -154,7 +182,9 @@ def test_inversion_errors_of_a_perfect_inversion():
     model = tiny_model()
     image = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0))
     other = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(1))
-    table = inversion_errors({"tiny": model}, image, {"stem": {"tiny": image}, "layer1": {"tiny": other}}).set_index("depth")
+    table = inversion_errors({"tiny": model}, image, {"stem": {"tiny": image}, "layer1": {"tiny": other}}).set_index(
+        "depth"
+    )
     assert table.loc["stem", "feature_error"] == pytest.approx(0.0, abs=1e-6)
     assert table.loc["stem", "pixel_correlation"] == pytest.approx(1.0)
     assert table.loc["layer1", "feature_error"] > 0.05
@@ -163,9 +193,12 @@ def test_inversion_errors_of_a_perfect_inversion():
 def test_metric_tables_format_and_means():
     from cl_explain.analysis import metric_tables
 
-    rows = [{"model": "m", "pair_id": p, "method": meth, "metric": metric, "value": v + p / 10}
-            for p in range(3) for meth, v in (("a", 0.2), ("b", 0.5))
-            for metric in ("deletion_simultaneous", "deletion_conditional", "deletion_conditional_1")]
+    rows = [
+        {"model": "m", "pair_id": p, "method": meth, "metric": metric, "value": v + p / 10}
+        for p in range(3)
+        for meth, v in (("a", 0.2), ("b", 0.5))
+        for metric in ("deletion_simultaneous", "deletion_conditional", "deletion_conditional_1")
+    ]
     rows.append({"model": "m", "pair_id": 0, "method": "a", "metric": "max_sensitivity", "value": 1.0})
     formatted, means = metric_tables(pd.DataFrame(rows), ["deletion_simultaneous", "max_sensitivity"], n_boot=50)
     assert list(formatted.columns) == ["model", "method", "scored on", "SD ↓", "MS ↓"]

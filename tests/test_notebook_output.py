@@ -1,5 +1,6 @@
 """What a reader of a notebook sees: figures shown inline and saved (`show_and_save`), and notebooks stored
 in the form JupyterLab writes, so that opening one does not mark it modified (`cl_explain.notebook_files`)."""
+
 from __future__ import annotations
 
 import copy
@@ -46,7 +47,9 @@ def test_show_and_save_is_deterministic_and_writes_no_software_tag(tmp_path, sho
     notebook.show_and_save(_figure(), tmp_path / "a.png")
     notebook.show_and_save(_figure(), tmp_path / "b.png")
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
-    assert b"Software" not in (tmp_path / "a.png").read_bytes() and b"matplotlib" not in (tmp_path / "a.png").read_bytes()
+    assert (
+        b"Software" not in (tmp_path / "a.png").read_bytes() and b"matplotlib" not in (tmp_path / "a.png").read_bytes()
+    )
 
 
 def test_show_without_a_path_only_shows(tmp_path, shown, monkeypatch):
@@ -80,7 +83,10 @@ def test_lab_form_adds_kernel_metadata_and_ids_and_drops_outputs():
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "old", "language": "python"}}
     formed = lab_form(nb)
     metadata = lab_metadata()
-    assert formed.metadata.kernelspec == metadata["kernelspec"] and formed.metadata.language_info == metadata["language_info"]
+    assert (
+        formed.metadata.kernelspec == metadata["kernelspec"]
+        and formed.metadata.language_info == metadata["language_info"]
+    )
     assert metadata["language_info"]["name"] == "python" and metadata["language_info"]["version"]
     assert formed.cells[0].outputs == [] and formed.cells[0].execution_count is None
     assert formed.cells[1].id and formed.cells[0].id == nb.cells[0].id
@@ -104,7 +110,9 @@ def test_tidy_rewrites_only_what_differs(tmp_path):
 def test_every_stored_notebook_is_in_lab_form():
     student = sorted((repo_root() / "notebooks" / "exercises" / "student").glob("*.ipynb"))
     stale = untidy(stored_notebooks() + student)
-    assert stale == [], f"JupyterLab would mark {[p.name for p in stale]} modified on opening: run `make tidy exercises`"
+    assert stale == [], (
+        f"JupyterLab would mark {[p.name for p in stale]} modified on opening: run `make tidy exercises`"
+    )
 
 
 @pytest.mark.slow
@@ -113,13 +121,17 @@ def test_a_real_kernel_gets_an_image_output_even_with_the_agg_backend(tmp_path, 
     from nbclient import NotebookClient
 
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        "import matplotlib.pyplot as plt\n"
-        "from cl_explain.notebook import show_and_save\n"
-        "fig, ax = plt.subplots()\n"
-        "ax.plot([0, 1])\n"
-        f"show_and_save(fig, {str(tmp_path / 'f.png')!r})"
-    )])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(
+                "import matplotlib.pyplot as plt\n"
+                "from cl_explain.notebook import show_and_save\n"
+                "fig, ax = plt.subplots()\n"
+                "ax.plot([0, 1])\n"
+                f"show_and_save(fig, {str(tmp_path / 'f.png')!r})"
+            )
+        ]
+    )
     NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = nb.cells[0].outputs
     assert [o.output_type for o in outputs] == ["display_data"], outputs

@@ -8,12 +8,12 @@ is a parameter of its notebook with a value of the annotated type, and figure_di
 The smoke run executes every notebook with params/ci and checks that its figures and tables exist and that
 every saved figure was also shown as an image/png output.
 """
+
 from __future__ import annotations
 
 import ast
 import os
 import shutil
-from pathlib import Path
 
 import nbformat
 import papermill
@@ -24,32 +24,83 @@ from cl_explain.utils import repo_root
 
 ROOT = repo_root()
 NOTEBOOK_DIR = ROOT / "notebooks"
-STEMS = ["00-quickstart", "01-explain-perturbation", "02-explain-gradients", "03-explain-pixel-invariance",
-         "04-compare-cams", "05-evaluate-metrics", "06-correlate-accuracy", "07-compare-supervised",
-         "08-visualize-features", "09-explore-pairs", "10-embedded-data"]
+STEMS = [
+    "00-quickstart",
+    "01-explain-perturbation",
+    "02-explain-gradients",
+    "03-explain-pixel-invariance",
+    "04-compare-cams",
+    "05-evaluate-metrics",
+    "06-correlate-accuracy",
+    "07-compare-supervised",
+    "08-visualize-features",
+    "09-explore-pairs",
+    "10-embedded-data",
+]
 PROFILES = {"ci": "../build/ci/figures/{stem}", "full": "../figures/{stem}"}
 #: What each notebook must write into its figure_dir (any profile).
 EXPECTED = {
     "00-quickstart": ["methods.png", "pair.png", "timings.csv", "timings.md"],
-    "01-explain-perturbation": ["perturbation_methods.png", "occlusion_windows.png", "perturbation_scores.csv",
-                                "perturbation_scores.md"],
-    "02-explain-gradients": ["gradient_methods.png", "averaged_transforms_families.png", "gradient_scores.csv",
-                             "gradient_scores.md"],
-    "03-explain-pixel-invariance": ["pixel_invariance.png", "pixel_invariance_scores.csv", "pixel_invariance_scores.md"],
+    "01-explain-perturbation": [
+        "perturbation_methods.png",
+        "occlusion_windows.png",
+        "perturbation_scores.csv",
+        "perturbation_scores.md",
+    ],
+    "02-explain-gradients": [
+        "gradient_methods.png",
+        "averaged_transforms_families.png",
+        "gradient_scores.csv",
+        "gradient_scores.md",
+    ],
+    "03-explain-pixel-invariance": [
+        "pixel_invariance.png",
+        "pixel_invariance_scores.csv",
+        "pixel_invariance_scores.md",
+    ],
     "04-compare-cams": ["cams.png", "cam_scores.csv", "cam_scores.md"],
-    "05-evaluate-metrics": ["metric_table.csv", "metric_table.md", "metric_means.csv", "metric_means.md",
-                            "metric_ranks.png", "curves.png", "paper_orderings.csv", "paper_orderings.md",
-                            "paper_comparisons.csv", "paper_comparisons.md", "published_comparison.csv",
-                            "published_comparison.md", "rank_agreement.csv", "rank_agreement.md", "published.png"],
-    "06-correlate-accuracy": ["correlation.csv", "correlation.md", "per_model_means.csv", "per_model_means.md",
-                              "metric_vs_accuracy.png"],
-    "07-compare-supervised": ["feature_inversion.png", "inversion_errors.csv", "inversion_errors.md",
-                              "supervised_vs_ssl.csv", "supervised_vs_ssl.md"],
+    "05-evaluate-metrics": [
+        "metric_table.csv",
+        "metric_table.md",
+        "metric_means.csv",
+        "metric_means.md",
+        "metric_ranks.png",
+        "curves.png",
+        "paper_orderings.csv",
+        "paper_orderings.md",
+        "paper_comparisons.csv",
+        "paper_comparisons.md",
+        "published_comparison.csv",
+        "published_comparison.md",
+        "rank_agreement.csv",
+        "rank_agreement.md",
+        "published.png",
+    ],
+    "06-correlate-accuracy": [
+        "correlation.csv",
+        "correlation.md",
+        "per_model_means.csv",
+        "per_model_means.md",
+        "metric_vs_accuracy.png",
+    ],
+    "07-compare-supervised": [
+        "feature_inversion.png",
+        "inversion_errors.csv",
+        "inversion_errors.md",
+        "supervised_vs_ssl.csv",
+        "supervised_vs_ssl.md",
+    ],
     "08-visualize-features": ["feature_visualisation.png", "visualisation_scores.csv", "visualisation_scores.md"],
     "09-explore-pairs": ["explorer_default.png", "strength_sweep.png", "strength_sweep.csv", "strength_sweep.md"],
-    "10-embedded-data": ["scenes.png", "pair_modes.png", "diagnostics.csv", "diagnostics.md", "pointing_baselines.csv",
-                         "pointing_baselines.md"] + [f"swap_embedded-{m}.png" for m in ("simclr", "barlow-twins",
-                                                                                        "simsiam", "supervised")],
+    "10-embedded-data": [
+        "scenes.png",
+        "pair_modes.png",
+        "diagnostics.csv",
+        "diagnostics.md",
+        "pointing_baselines.csv",
+        "pointing_baselines.md",
+    ]
+    + [f"swap_embedded-{m}.png" for m in ("simclr", "barlow-twins", "simsiam", "supervised")],
 }
 TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "list": list, "dict": dict}
 
@@ -116,7 +167,9 @@ def test_params_files_name_only_parameters(profile, stem):
     assert not unknown, f"{path.name}: {unknown} are not parameters of {stem} (papermill would only warn)"
     for key, value in values.items():
         expected = TYPES[inspected[key]["inferred_type_name"]]
-        assert isinstance(value, expected), f"{path.name}: {key}={value!r} is not {inspected[key]['inferred_type_name']}"
+        assert isinstance(value, expected), (
+            f"{path.name}: {key}={value!r} is not {inspected[key]['inferred_type_name']}"
+        )
     assert values["figure_dir"] == PROFILES[profile].format(stem=stem)
 
 
@@ -126,7 +179,11 @@ def test_every_figure_is_shown_and_saved_by_one_helper(stem):
     code = "\n".join(c.source for c in _read(stem).cells if c.cell_type == "code")
     assert "save_figure" not in code and "savefig" not in code and "plt.show" not in code
     tree = ast.parse("\n".join(line for line in code.splitlines() if not line.startswith("%")))
-    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "show_and_save"]
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "show_and_save"
+    ]
     written = {n.value for call in calls for n in ast.walk(call) if isinstance(n, ast.Constant)}
     for name in (n for n in EXPECTED[stem] if n.endswith(".png")):
         assert name in written, f"{name} is not written by show_and_save"
@@ -160,8 +217,13 @@ def test_ci_profile_run_writes_every_figure(stem, tmp_path, monkeypatch):
     out = (NOTEBOOK_DIR / parameters["figure_dir"]).resolve()
     shutil.rmtree(out, ignore_errors=True)  # a stale file must not pass for a fresh one
     papermill.execute_notebook(
-        str(NOTEBOOK_DIR / f"{stem}.ipynb"), str(tmp_path / f"{stem}.ipynb"), parameters=parameters,
-        kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False, execution_timeout=600,
+        str(NOTEBOOK_DIR / f"{stem}.ipynb"),
+        str(tmp_path / f"{stem}.ipynb"),
+        parameters=parameters,
+        kernel_name="python3",
+        cwd=str(NOTEBOOK_DIR),
+        progress_bar=False,
+        execution_timeout=600,
     )
     missing = [name for name in EXPECTED[stem] if not (out / name).is_file()]
     assert not missing, f"{stem} did not write {missing} into {out}"
@@ -169,8 +231,12 @@ def test_ci_profile_run_writes_every_figure(stem, tmp_path, monkeypatch):
     executed = nbformat.read(tmp_path / f"{stem}.ipynb", as_version=4)
     outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
     images = sum("image/png" in o.get("data", {}) for o in outputs)
-    assert images >= len(list(out.glob("*.png"))), f"{stem}: {images} figures shown inline for {len(list(out.glob('*.png')))} saved"
-    assert not any("<Figure size" in str(o.get("data", {}).get("text/plain", "")) for o in outputs), "a Figure repr was printed"
+    assert images >= len(list(out.glob("*.png"))), (
+        f"{stem}: {images} figures shown inline for {len(list(out.glob('*.png')))} saved"
+    )
+    assert not any("<Figure size" in str(o.get("data", {}).get("text/plain", "")) for o in outputs), (
+        "a Figure repr was printed"
+    )
 
 
 @pytest.mark.parametrize("stem", STEMS)

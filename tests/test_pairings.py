@@ -1,4 +1,5 @@
 """Pairs, triplets and background views of the scenes: seeded, with masks that mark what is shared."""
+
 from __future__ import annotations
 
 import pytest
@@ -30,6 +31,7 @@ def test_modes_pair_the_right_scenes():
     different = scene_pairs(16, "test", seed=0, size=SIZE, mode="different")
     assert all(p.label == p.label2 for p in shared + same)
     assert all(p.label != p.label2 for p in different)
+
     def object_colour(x, mask):
         return x[0][:, mask].mean(1)
 
@@ -39,8 +41,9 @@ def test_modes_pair_the_right_scenes():
         # class is (lighting and resizing move it a little), while the surroundings differ
         assert int(p.mask1.sum()) > 20 and int(p.mask2.sum()) > 20 and not torch.equal(p.mask1, p.mask2)
         reference = object_colour(p.x1, p.mask1)
-        closer += float((object_colour(p.x2, p.mask2) - reference).norm()) < float((object_colour(q.x2, q.mask2)
-                                                                                     - reference).norm())
+        closer += float((object_colour(p.x2, p.mask2) - reference).norm()) < float(
+            (object_colour(q.x2, q.mask2) - reference).norm()
+        )
         outside = ~(p.mask1 | p.mask2)
         assert float((p.x1[0][:, outside] - p.x2[0][:, outside]).abs().mean()) > 0.03
     assert closer >= 13

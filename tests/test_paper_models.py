@@ -7,6 +7,7 @@ top-level keys and prefixes. Loading that file through `cl_explain.load_model` m
 reference embedding. Error paths (wrong, truncated, missing, unsafe, mis-hashed files) are checked
 for messages that name the file and the fix.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,7 +88,7 @@ class Weights:
     def matrix(self, shape) -> torch.Tensor:
         shape = tuple(shape)
         inner = torch.Size(shape[1:]).numel()
-        strides = [self.STEP] + [torch.Size(shape[i + 1:]).numel() for i in range(1, len(shape))]
+        strides = [self.STEP] + [torch.Size(shape[i + 1 :]).numel() for i in range(1, len(shape))]
         span = (shape[0] - 1) * self.STEP + inner
         offset = int(torch.randint(len(self.pool) - span, (1,), generator=self.gen))
         view = self.pool.as_strided(shape, strides, offset)
@@ -165,8 +166,12 @@ class BarlowTwinsReference(nn.Module):
         super().__init__()
         self.backbone = official_resnet50()
         self.projector = nn.Sequential(
-            nn.Linear(2048, 8192, bias=False), nn.BatchNorm1d(8192), nn.ReLU(inplace=True),
-            nn.Linear(8192, 8192, bias=False), nn.BatchNorm1d(8192), nn.ReLU(inplace=True),
+            nn.Linear(2048, 8192, bias=False),
+            nn.BatchNorm1d(8192),
+            nn.ReLU(inplace=True),
+            nn.Linear(8192, 8192, bias=False),
+            nn.BatchNorm1d(8192),
+            nn.ReLU(inplace=True),
             nn.Linear(8192, 8192, bias=False),
         )
         self.bn = nn.BatchNorm1d(8192, affine=False)
@@ -184,9 +189,14 @@ class SimSiamReference(nn.Module):
         super().__init__()
         self.encoder = torchvision.models.resnet50(num_classes=2048)
         self.encoder.fc = nn.Sequential(
-            nn.Linear(2048, 2048, bias=False), nn.BatchNorm1d(2048), nn.ReLU(inplace=True),
-            nn.Linear(2048, 2048, bias=False), nn.BatchNorm1d(2048), nn.ReLU(inplace=True),
-            self.encoder.fc, nn.BatchNorm1d(2048, affine=False),
+            nn.Linear(2048, 2048, bias=False),
+            nn.BatchNorm1d(2048),
+            nn.ReLU(inplace=True),
+            nn.Linear(2048, 2048, bias=False),
+            nn.BatchNorm1d(2048),
+            nn.ReLU(inplace=True),
+            self.encoder.fc,
+            nn.BatchNorm1d(2048, affine=False),
         )
         self.predictor = nn.Sequential(
             nn.Linear(2048, 512, bias=False), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Linear(512, 2048)
@@ -276,8 +286,14 @@ def simclr_forward(resnet: dict, head: dict, x: torch.Tensor, calibrate: bool = 
 
     def bn(h: torch.Tensor, state: dict, prefix: str) -> torch.Tensor:
         return F.batch_norm(
-            h, state[prefix + "running_mean"], state[prefix + "running_var"], state[prefix + "weight"],
-            state[prefix + "bias"], training=calibrate, momentum=1.0, eps=1e-5,
+            h,
+            state[prefix + "running_mean"],
+            state[prefix + "running_var"],
+            state[prefix + "weight"],
+            state[prefix + "bias"],
+            training=calibrate,
+            momentum=1.0,
+            eps=1e-5,
         )
 
     def conv(h: torch.Tensor, key: str, stride: int = 1) -> torch.Tensor:
@@ -324,8 +340,18 @@ def simclr_1x(folder):
 def barlow(folder):
     ref = randomise_(on_meta(BarlowTwinsReference), Weights(20))
     path = folder / "checkpoint.pth"
-    optimizer = {"state": {}, "param_groups": [{"lr": 0.0, "weight_decay": 1.5e-6, "weight_decay_filter": True,
-                                                "lars_adaptation_filter": True, "params": [0, 1, 2]}]}
+    optimizer = {
+        "state": {},
+        "param_groups": [
+            {
+                "lr": 0.0,
+                "weight_decay": 1.5e-6,
+                "weight_decay_filter": True,
+                "lars_adaptation_filter": True,
+                "params": [0, 1, 2],
+            }
+        ],
+    }
     torch.save({"epoch": 1000, "model": with_prefix(file_state(ref), "module."), "optimizer": optimizer}, path)
     return path, ref
 
@@ -335,8 +361,15 @@ def simsiam(folder):
     ref = randomise_(on_meta(SimSiamReference), Weights(30))
     path = folder / "checkpoint_0099.pth.tar"
     optimizer = {"state": {}, "param_groups": [{"lr": 0.05, "momentum": 0.9, "fix_lr": True, "params": [0]}]}
-    torch.save({"epoch": 100, "arch": "resnet50", "state_dict": with_prefix(file_state(ref), "module."),
-                "optimizer": optimizer}, path)
+    torch.save(
+        {
+            "epoch": 100,
+            "arch": "resnet50",
+            "state_dict": with_prefix(file_state(ref), "module."),
+            "optimizer": optimizer,
+        },
+        path,
+    )
     return path, ref
 
 
@@ -348,10 +381,28 @@ def dino_reference():
 def save_dino(path, teacher_state: dict) -> None:
     """The layout of main_dino.py's save_dict (teacher and student share tensors, so stored once)."""
     state = with_prefix(teacher_state, "module.")
-    args = argparse.Namespace(arch="resnet50", out_dim=60000, use_bn_in_head=True, norm_last_layer=True,
-                              lr=0.03, global_crops_scale=(0.14, 1.0), output_dir=".", seed=0, dist_url=None)
-    torch.save({"student": state, "teacher": state, "optimizer": {"state": {}, "param_groups": []}, "epoch": 100,
-                "args": args, "dino_loss": {"center": torch.zeros(1, 60000)}}, path)
+    args = argparse.Namespace(
+        arch="resnet50",
+        out_dim=60000,
+        use_bn_in_head=True,
+        norm_last_layer=True,
+        lr=0.03,
+        global_crops_scale=(0.14, 1.0),
+        output_dir=".",
+        seed=0,
+        dist_url=None,
+    )
+    torch.save(
+        {
+            "student": state,
+            "teacher": state,
+            "optimizer": {"state": {}, "param_groups": []},
+            "epoch": 100,
+            "args": args,
+            "dino_loss": {"center": torch.zeros(1, 60000)},
+        },
+        path,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """The bf16 policy: native hardware only, the backbone alone in bfloat16, a verdict for every method and
 metric family, refusals that say why, and the accepted ones keeping the fp32 ranking."""
+
 from __future__ import annotations
 
 import platform
@@ -8,19 +9,24 @@ import re
 import pytest
 import torch
 
-from cl_explain import explain, load_model
+from cl_explain import explain, list_methods, load_model
 from cl_explain import precision as policy
-from cl_explain.bench import rank_correlation
+from cl_explain.maps import rank_correlation
 from cl_explain.data.pairings import scene_pairs
 from cl_explain.explainers.base import get_method
 from cl_explain.metrics import evaluate_pair
 from cl_explain.precision import BF16_ACCEPTED, BF16_REFUSED, BF16_UNMEASURED, bf16_supported
 
-from test_device import FAST, PACKAGE_METHODS, tiny_model, tiny_pair
+from helpers import FAST, tiny_model, tiny_pair
+
+PACKAGE_METHODS = sorted(list_methods())
 
 FAMILIES = ("insertion", "deletion", "drop")
-FAMILY_METRIC = {"insertion": "insertion_conditional", "deletion": "deletion_conditional",
-                 "drop": "average_drop_conditional"}
+FAMILY_METRIC = {
+    "insertion": "insertion_conditional",
+    "deletion": "deletion_conditional",
+    "drop": "average_drop_conditional",
+}
 
 
 @pytest.fixture
@@ -84,6 +90,7 @@ def test_only_the_backbone_runs_in_bf16_and_the_setting_is_restored(native):
     def record(name):
         def hook(module, inputs, output) -> None:  # returns None: the output is left as it is
             seen.setdefault(name, (inputs[0].dtype, output.dtype))
+
         return hook
 
     hooks = [model.backbone.register_forward_hook(record("backbone")), model.head.register_forward_hook(record("head"))]

@@ -1,4 +1,5 @@
 """The synthetic scenes: seeded, exact masks, disjoint splits, masks that follow augmented views."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,18 @@ import torch
 import torch.nn.functional as F
 
 from cl_explain.data.scenes import (
-    CLASSES, DISTRACTOR_SHAPES, POOL_PHOTOS, POOL_TEXTURES, SPLIT_SIZES, TARGET_SHAPES, ObjectSpec, background_pool,
-    load_split, object_mask, render_scene, shape_mask,
+    CLASSES,
+    DISTRACTOR_SHAPES,
+    POOL_PHOTOS,
+    POOL_TEXTURES,
+    SPLIT_SIZES,
+    TARGET_SHAPES,
+    ObjectSpec,
+    background_pool,
+    load_split,
+    object_mask,
+    render_scene,
+    shape_mask,
 )
 from cl_explain.data.transforms import simclr_view
 
@@ -80,6 +91,8 @@ def test_shapes_have_the_area_their_radius_promises(shape):
     spec = ObjectSpec(shape, "plain", ((1, 0, 0), (0, 0, 1)), 0.1, 0.3, 1.0)
     mask = object_mask(spec, (0.5, 0.5), 800)
     assert float(mask.mean()) == pytest.approx(0.1, rel=0.02)
+    with pytest.raises(ValueError, match="unknown shape"):
+        shape_mask("hexagon", mask * 1.0, mask * 1.0, 0.5)
 
 
 def test_splits_are_disjoint():

@@ -1,4 +1,5 @@
 """Objectives against explicit hand computations, and bit-identical tiny training runs."""
+
 from __future__ import annotations
 
 import math
@@ -14,7 +15,12 @@ import torch.nn.functional as F
 
 from cl_explain.data.scenes import load_split
 from cl_explain.train import (
-    TrainConfig, barlow_twins_loss, knn_accuracy, nt_xent, simsiam_loss, train,
+    TrainConfig,
+    barlow_twins_loss,
+    knn_accuracy,
+    nt_xent,
+    simsiam_loss,
+    train,
 )
 
 
@@ -105,14 +111,18 @@ def test_tiny_training_is_bit_identical(objective, tiny_scenes):
     from cl_explain.models.embedded import build_backbone
 
     init = build_backbone(config.width).state_dict()
-    assert not torch.equal(init["stages.layer4.conv2.weight"], model_a.backbone.state_dict()["stages.layer4.conv2.weight"])
+    assert not torch.equal(
+        init["stages.layer4.conv2.weight"], model_a.backbone.state_dict()["stages.layer4.conv2.weight"]
+    )
 
 
 def test_different_seed_gives_different_weights(tiny_scenes):
     base = dict(epochs=1, batch_size=8, width=4, size=32, n_train=16, threads=1, max_steps=1)
     a, _ = train(TrainConfig("simclr", seed=0, **base), tiny_scenes, log=lambda message: None, view_workers=0)
     b, _ = train(TrainConfig("simclr", seed=1, **base), tiny_scenes, log=lambda message: None, view_workers=0)
-    assert not torch.equal(a.backbone.state_dict()["stages.stem.conv1.weight"], b.backbone.state_dict()["stages.stem.conv1.weight"])
+    assert not torch.equal(
+        a.backbone.state_dict()["stages.stem.conv1.weight"], b.backbone.state_dict()["stages.stem.conv1.weight"]
+    )
 
 
 def test_views_rendered_by_a_worker_process_give_the_same_views_and_weights(tiny_scenes, monkeypatch):
@@ -137,8 +147,9 @@ def test_views_rendered_by_a_worker_process_give_the_same_views_and_weights(tiny
 def test_channels_last_training_matches_the_standard_layout_up_to_rounding(tiny_scenes):
     base = dict(epochs=1, batch_size=8, width=16, size=32, n_train=16, threads=1, max_steps=1)
     plain, _ = train(TrainConfig("simclr", **base), tiny_scenes, log=lambda message: None, view_workers=0)
-    fast, info = train(TrainConfig("simclr", channels_last=True, **base), tiny_scenes, log=lambda message: None,
-                       view_workers=0)
+    fast, info = train(
+        TrainConfig("simclr", channels_last=True, **base), tiny_scenes, log=lambda message: None, view_workers=0
+    )
     # Adam divides by the gradient's running magnitude, so where a gradient is about zero its rounding decides
     # the step's sign: such weights may differ by up to two steps of lr; the rest agree to rounding
     lr = TrainConfig("simclr").lr
@@ -153,14 +164,20 @@ def test_channels_last_training_matches_the_standard_layout_up_to_rounding(tiny_
 def test_cycled_view_banks_equal_training_on_repeated_banks(tiny_scenes):
     base = dict(epochs=3, batch_size=8, width=4, size=32, n_train=16, threads=1)
     cycled_banks = {}
-    cycled, _ = train(TrainConfig("simsiam", view_epochs=2, **base), tiny_scenes, banks=cycled_banks,
-                      log=lambda message: None, view_workers=0)
+    cycled, _ = train(
+        TrainConfig("simsiam", view_epochs=2, **base),
+        tiny_scenes,
+        banks=cycled_banks,
+        log=lambda message: None,
+        view_workers=0,
+    )
     assert sorted(key[1] for key in cycled_banks) == [1, 2]  # epoch 3 trained on bank 1 again
     # the same run spelled out: one bank per epoch, with epoch 3's bank a copy of epoch 1's
     key = next(key for key in cycled_banks if key[1] == 1)
     repeated = {**cycled_banks, (key[0], 3, *key[2:]): cycled_banks[key]}
-    spelled, _ = train(TrainConfig("simsiam", **base), tiny_scenes, banks=repeated, log=lambda message: None,
-                       view_workers=0)
+    spelled, _ = train(
+        TrainConfig("simsiam", **base), tiny_scenes, banks=repeated, log=lambda message: None, view_workers=0
+    )
     fresh, _ = train(TrainConfig("simsiam", **base), tiny_scenes, log=lambda message: None, view_workers=0)
     weight = "stages.layer4.conv2.weight"
     assert torch.equal(cycled.backbone.state_dict()[weight], spelled.backbone.state_dict()[weight])
@@ -187,19 +204,28 @@ def test_fixed_predictor_lr_keeps_only_the_simsiam_predictor_at_the_base_rate(ob
     else:  # no predictor: the option has nothing to act on
         assert rates == pytest.approx([0.005])
     assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(backbone.parameters())) + len(
-        list(head.parameters()))
+        list(head.parameters())
+    )
 
 
-@pytest.mark.parametrize("out_dim, widths", [
-    (None, [(64, 64), (64, 64), (64, 64), (64, 16), (16, 64)]),  # without out_dim: everything at the backbone width d = 64
-    (512, [(64, 512), (512, 512), (512, 512), (512, 128), (128, 512)]),  # the paper's shape, D = 512
-])
+@pytest.mark.parametrize(
+    "out_dim, widths",
+    [
+        (
+            None,
+            [(64, 64), (64, 64), (64, 64), (64, 16), (16, 64)],
+        ),  # without out_dim: everything at the backbone width d = 64
+        (512, [(64, 512), (512, 512), (512, 512), (512, 128), (128, 512)]),  # the paper's shape, D = 512
+    ],
+)
 def test_simsiam_head_has_the_papers_shape_at_its_output_width(out_dim, widths):
     from cl_explain.models.embedded import build_head, feature_dim
 
     assert feature_dim(16) == 64
     head = build_head("simsiam", 16, out_dim=out_dim)
-    linears = [(layer.in_features, layer.out_features) for layer in head.modules() if isinstance(layer, torch.nn.Linear)]
+    linears = [
+        (layer.in_features, layer.out_features) for layer in head.modules() if isinstance(layer, torch.nn.Linear)
+    ]
     assert linears == widths
     assert head(torch.randn(3, 64)).shape == (3, widths[-1][1])
 
@@ -288,8 +314,13 @@ def test_multi_threaded_training_renders_every_bank_first_with_parallel_workers(
     b, _ = train(config, tiny_scenes, banks=banks_here, log=lambda message: None, view_workers=0)
     monkeypatch.setattr(train_module, "view_bank", lambda *args, **kwargs: pytest.fail("rendered in the trainer"))
     messages = []
-    a, info = train(config, tiny_scenes, banks=banks_workers, view_workers=2,
-                    log=lambda message: messages.append((message, len(banks_workers), len(active_children()))))
+    a, info = train(
+        config,
+        tiny_scenes,
+        banks=banks_workers,
+        view_workers=2,
+        log=lambda message: messages.append((message, len(banks_workers), len(active_children()))),
+    )
     assert messages[0][0].startswith("rendering 3 view banks in 2 processes before training")
     assert [n for _, n, _ in messages[1:]] == [3, 3, 3, 3]  # all three distinct banks existed after epoch 1
     assert [children for *_, children in messages[1:]] == [0, 0, 0, 0]  # the workers were shut down before epoch 1
@@ -301,8 +332,12 @@ def test_multi_threaded_training_renders_every_bank_first_with_parallel_workers(
 @pytest.mark.parametrize("workers", [-1, 1.5, True])
 def test_bad_view_workers_is_refused(tiny_scenes, workers):
     with pytest.raises(ValueError, match="view_workers must be a number of processes"):
-        train(TrainConfig("simclr", epochs=1, batch_size=8, width=4, size=32, n_train=16), tiny_scenes,
-              log=lambda message: None, view_workers=workers)
+        train(
+            TrainConfig("simclr", epochs=1, batch_size=8, width=4, size=32, n_train=16),
+            tiny_scenes,
+            log=lambda message: None,
+            view_workers=workers,
+        )
 
 
 def test_unknown_objective_is_refused():

@@ -1,4 +1,5 @@
 """Paired verdicts of the study's orderings and the published table, on constructed data with known answers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,11 @@ from cl_explain.analysis.verdicts import combine
 
 def tidy(model: str, cells: dict[tuple[str, str], np.ndarray]) -> pd.DataFrame:
     """Tidy results from {(method, metric): per-pair values}."""
-    rows = [{"model": model, "pair_id": i, "method": method, "metric": metric, "value": float(v)}
-            for (method, metric), values in cells.items() for i, v in enumerate(values)]
+    rows = [
+        {"model": model, "pair_id": i, "method": method, "metric": metric, "value": float(v)}
+        for (method, metric), values in cells.items()
+        for i, v in enumerate(values)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -50,8 +54,9 @@ def test_claim_verdicts_on_constructed_results():
     worse = tidy("worse", {("gradcam", sd): 0.3 + noise(n, 2), ("interaction_cam", sd): 0.5 + noise(n, 3)})
     same = np.full(n, 0.4) + noise(n, 4)
     tie = tidy("tie", {("gradcam", sd): same, ("interaction_cam", sd): same[::-1].copy()})
-    claims, comparisons = claim_verdicts(pd.concat([better, worse, tie]), claims=[CLAIMS[0]], n_boot=500,
-                                         published=PUBLISHED)
+    claims, comparisons = claim_verdicts(
+        pd.concat([better, worse, tie]), claims=[CLAIMS[0]], n_boot=500, published=PUBLISHED
+    )
     assert dict(zip(claims.model, claims.verdict)) == {"better": "holds", "worse": "fails", "tie": "inconclusive"}
     assert (claims.comparisons == 1).all() and (claims.untested == 0).all()
     # The study's own outcome from its point values: IntCAM mean SD .719 < Grad-CAM .736, and .475 < .498.
@@ -63,9 +68,14 @@ def test_claim_verdicts_on_constructed_results():
 
 def test_claims_expand_over_the_methods_present():
     n, si, sd = 20, "insertion_simultaneous", "deletion_simultaneous"
-    cells = {("gradcam", si): 0.6 + noise(n, 0), ("gradcam", sd): 0.2 + noise(n, 1),
-             ("input_x_gradient", si): 0.8 + noise(n, 2), ("input_x_gradient", sd): 0.3 + noise(n, 3),
-             ("random", si): 0.5 + noise(n, 4), ("random", sd): 0.25 + noise(n, 5)}
+    cells = {
+        ("gradcam", si): 0.6 + noise(n, 0),
+        ("gradcam", sd): 0.2 + noise(n, 1),
+        ("input_x_gradient", si): 0.8 + noise(n, 2),
+        ("input_x_gradient", sd): 0.3 + noise(n, 3),
+        ("random", si): 0.5 + noise(n, 4),
+        ("random", sd): 0.25 + noise(n, 5),
+    }
     claims, comparisons = claim_verdicts(tidy("m", cells), n_boot=300)
     verdict = dict(zip(claims.claim, claims.verdict))
     assert verdict["2a"] == "holds"  # IxG SI 0.8 > Grad-CAM 0.6
@@ -73,7 +83,9 @@ def test_claims_expand_over_the_methods_present():
     assert verdict["5c"] == "fails"  # random SD 0.25 is below IxG's 0.3
     assert verdict["3a"] == "not tested" and verdict["2b"] == "not tested"  # no guided rows, no CAD scored
     assert set(comparisons[comparisons.claim == "5c"].comparison) == {
-        "deletion_simultaneous: random > gradcam", "deletion_simultaneous: random > input_x_gradient"}
+        "deletion_simultaneous: random > gradcam",
+        "deletion_simultaneous: random > input_x_gradient",
+    }
     untested = dict(zip(claims.claim, claims.untested))
     assert untested["2b"] == 1  # IxG vs Grad-CAM on CAD: neither cell was scored
 
@@ -102,7 +114,9 @@ def test_rank_agreement_is_one_for_the_published_order_and_minus_one_reversed():
     assert table.loc["same", "spearman"] == pytest.approx(1.0) and table.loc["same", "ci_low"] == pytest.approx(1.0)
     assert table.loc["flipped", "spearman"] == pytest.approx(-1.0)
     assert (table.methods == 6).all() and (table.pairs == n).all()
-    means = pd.DataFrame([{"model": "same", "method": m, "insertion_simultaneous": float(reference[m])} for m in methods])
+    means = pd.DataFrame(
+        [{"model": "same", "method": m, "insertion_simultaneous": float(reference[m])} for m in methods]
+    )
     side = side_by_side(means)
     assert len(side) == 6 and (side.ours == side["barlow-twins-r50"]).all()
 
@@ -111,19 +125,33 @@ def test_too_few_methods_give_empty_tables_with_their_columns():
     results = tidy("m", {("gradcam", "insertion_simultaneous"): np.full(4, 0.5)})
     agreement = rank_agreement(results, "simclr-v2-r50-2x", n_boot=10)
     assert agreement.empty and "spearman" in agreement.columns
-    assert list(side_by_side(pd.DataFrame({"model": [], "method": []})).columns)[:4] == ["model", "method", "metric", "ours"]
+    assert list(side_by_side(pd.DataFrame({"model": [], "method": []})).columns)[:4] == [
+        "model",
+        "method",
+        "metric",
+        "ours",
+    ]
 
 
 def test_read_correlations_signs_by_the_metrics_direction():
     from cl_explain.analysis import read_correlations
 
-    table = pd.DataFrame({"method": ["a", "a", "a"], "metric": ["deletion_simultaneous", "insertion_simultaneous",
-                                                                 "insertion_simultaneous"],
-                          "r": [-0.9, -0.9, 0.2], "ci_low": [-0.99, -0.99, -0.5], "ci_high": [-0.5, -0.5, 0.7]})
+    table = pd.DataFrame(
+        {
+            "method": ["a", "a", "a"],
+            "metric": ["deletion_simultaneous", "insertion_simultaneous", "insertion_simultaneous"],
+            "r": [-0.9, -0.9, 0.2],
+            "ci_low": [-0.99, -0.99, -0.5],
+            "ci_high": [-0.5, -0.5, 0.7],
+        }
+    )
     read = read_correlations(table)
     assert list(read.aligned) == [0.9, -0.9, 0.2]  # lower deletion with better accuracy is the good direction
-    assert list(read.reading) == ["better explanations with better accuracy", "worse explanations with better accuracy",
-                                  "the interval includes 0: no clear relation"]
+    assert list(read.reading) == [
+        "better explanations with better accuracy",
+        "worse explanations with better accuracy",
+        "the interval includes 0: no clear relation",
+    ]
 
 
 def test_scored_on_names_the_pair_each_method_scores():

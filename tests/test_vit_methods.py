@@ -8,6 +8,7 @@
 * Token occlusion equals timm's blocks run on the shortened sequence; attention weights reproduce
   timm's attention output; rollout equals the matrix product written out.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -17,7 +18,7 @@ from torch import nn
 from cl_explain import evaluate_pair, explain, list_methods, list_metrics
 from cl_explain.explainers.base import get_method
 from cl_explain.explainers.rollout import rollout
-from cl_explain.metrics.sanity import cascade_blocks, randomisation_test
+from cl_explain.metrics.sanity import cascade_blocks, randomization_test
 from cl_explain.models.similarity import SimilarityModel
 from cl_explain.models.vit import TokenMap, ViTSimilarityModel, attention_weights
 from cl_explain.models.vit_checkpoints import vit_from_state_dict
@@ -25,8 +26,10 @@ from cl_explain.models.vit_checkpoints import vit_from_state_dict
 timm = pytest.importorskip("timm")
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
+from helpers import tiny_vit_state  # noqa: E402
+
 SIDE = 112
-METHODS = sorted(name for name in list_methods() if not name.startswith("_"))
+METHODS = sorted(list_methods())
 FAST = {
     "smoothgrad": {"samples": 4},
     "averaged_transforms": {"step": 0.25},
@@ -37,34 +40,11 @@ FAST = {
 }
 
 
-def tiny_vit_state(width: int, depth: int, patch: int, grid: int, seed: int, dinov2: bool) -> dict[str, torch.Tensor]:
-    """A small random state dict in the official DINO / DINOv2 (with 2 registers) key layout."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=0.1):
-        return torch.randn(*shape, generator=g) * scale
-
-    state = {"cls_token": rand(1, 1, width), "pos_embed": rand(1, 1 + grid * grid, width),
-             "patch_embed.proj.weight": rand(width, 3, patch, patch), "patch_embed.proj.bias": rand(width)}
-    if dinov2:
-        state.update(mask_token=torch.zeros(1, width), register_tokens=rand(1, 2, width))
-    for i in range(depth):
-        b = f"blocks.{i}."
-        for norm in ("norm1", "norm2"):
-            state.update({f"{b}{norm}.weight": 1 + rand(width), f"{b}{norm}.bias": rand(width)})
-        for layer, (rows, cols) in {"attn.qkv": (3 * width, width), "attn.proj": (width, width),
-                                    "mlp.fc1": (4 * width, width), "mlp.fc2": (width, 4 * width)}.items():
-            state.update({f"{b}{layer}.weight": rand(rows, cols, scale=cols ** -0.5), f"{b}{layer}.bias": rand(rows)})
-        if dinov2:
-            state.update({f"{b}ls1.gamma": 0.5 + rand(width), f"{b}ls2.gamma": 0.5 + rand(width)})
-    state.update({"norm.weight": 1 + rand(width), "norm.bias": rand(width)})
-    return state
-
-
 MODELS = {
     "dino-cls": lambda: vit_from_state_dict(tiny_vit_state(64, 2, 16, 14, 0, False), name="tiny-dino"),
     "dinov2-registers-mean-block0": lambda: vit_from_state_dict(
-        tiny_vit_state(64, 2, 14, 37, 1, True), block=0, pool="mean", name="tiny-dinov2"),
+        tiny_vit_state(64, 2, 14, 37, 1, True), block=0, pool="mean", name="tiny-dinov2"
+    ),
 }
 
 
@@ -103,15 +83,28 @@ def test_every_method_and_metric_runs_on_a_vit(model, method):
         assert explanation.map1.shape == grid  # CAMs and rollout live on the patch grid
     single = not spec.needs_pair and spec.partner is None  # explains x1 alone (rollout, pixel invariance)
     assert (explanation.map2 is None) == single
-    values = evaluate_pair(model, x1, x2, explanation, metrics=list(list_metrics()), masks=(mask, mask),
-                           step=SIDE * SIDE // 8, n_draws=2, on_not_applicable="skip")
+    values = evaluate_pair(
+        model,
+        x1,
+        x2,
+        explanation,
+        metrics=list(list_metrics()),
+        masks=(mask, mask),
+        step=SIDE * SIDE // 8,
+        n_draws=2,
+        on_not_applicable="skip",
+    )
     expected = set(list_metrics())
     if not spec.sensitivity:
         expected.discard("max_sensitivity")
     if not spec.needs_pair and explanation.partner is None:  # scored as explaining x1 alone (harness rule):
         # only the conditional metrics of direction 1 and grounding apply
-        expected -= {"insertion_simultaneous", "deletion_simultaneous", "average_drop_simultaneous",
-                     "average_increase_simultaneous"}
+        expected -= {
+            "insertion_simultaneous",
+            "deletion_simultaneous",
+            "average_drop_simultaneous",
+            "average_increase_simultaneous",
+        }
     assert expected <= set(values)
     assert all(torch.isfinite(torch.tensor(v)) for v in values.values())
     assert 0 <= values["energy_pointing_game"] <= 1
@@ -135,7 +128,7 @@ def test_randomisation_cascade_walks_head_then_blocks_then_embedding(model):
     names = [name for name, _ in cascade_blocks(model)]
     assert names == ["head", *[f"block{i}" for i in reversed(range(model.block))], "embed"]
     x1, x2 = pair(2)
-    frame = randomisation_test(model, x1, x2, "gradcam")
+    frame = randomization_test(model, x1, x2, "gradcam")
     assert frame[frame.step == 0].spearman.min() > 0.999 and len(frame) == 2 * (len(names) + 1)
 
 
@@ -148,7 +141,9 @@ def test_token_map_keeps_prefix_with_its_images(model):
     assert isinstance(fmap, TokenMap) and fmap.prefix.shape[:2] == (2, model.num_prefix_tokens)
     first, second = fmap.detach().split(1)
     assert isinstance(first, TokenMap) and torch.equal(second.prefix, fmap.prefix[1:])
-    assert torch.equal(fmap[1:].prefix, fmap.prefix[1:]) and torch.equal(torch.cat([second, first]).prefix[0], fmap.prefix[1])
+    assert torch.equal(fmap[1:].prefix, fmap.prefix[1:]) and torch.equal(
+        torch.cat([second, first]).prefix[0], fmap.prefix[1]
+    )
     assert fmap.float().prefix.dtype == torch.float32 and fmap.double().prefix.dtype == torch.float64
     for plain in (fmap * 2, fmap.sum(dim=1), fmap[:, :3], fmap.mean(dim=(2, 3))):
         assert type(plain) is torch.Tensor  # arithmetic gives ordinary tensors
@@ -167,7 +162,15 @@ def timm_tokens_forward(model: ViTSimilarityModel, x: torch.Tensor, keep: torch.
     with torch.no_grad():
         tokens = embed.patch_embed(model.preprocess(x))
         vit_like = type("V", (), {})()  # the attributes timm's _pos_embed reads
-        for name in ("cls_token", "reg_token", "pos_embed", "pos_drop", "patch_embed", "no_embed_class", "num_prefix_tokens"):
+        for name in (
+            "cls_token",
+            "reg_token",
+            "pos_embed",
+            "pos_drop",
+            "patch_embed",
+            "no_embed_class",
+            "num_prefix_tokens",
+        ):
             setattr(vit_like, name, getattr(embed, name))
         vit_like.dynamic_img_size = True
         tokens = VisionTransformer._pos_embed(vit_like, tokens)
@@ -236,7 +239,9 @@ def test_vit_only_methods_refuse_other_models_with_the_fix():
     x = torch.rand(1, 3, 16, 16)
     for method in ("token_occlusion", "attention_rollout"):
         assert get_method(method).vit_only and not get_method(method).applies_to(cnn)
-        with pytest.raises(ValueError, match=f"{method}.*needs a Vision Transformer.*'cnn'.*load_model\\('dino-vits16'"):
+        with pytest.raises(
+            ValueError, match=f"{method}.*needs a Vision Transformer.*'cnn'.*load_model\\('dino-vits16'"
+        ):
             explain(cnn, x, x, method)
     assert not any(get_method(m).vit_only for m in METHODS if m not in ("token_occlusion", "attention_rollout"))
 
@@ -246,7 +251,10 @@ def test_vit_only_methods_refuse_other_models_with_the_fix():
 # ----------------------------------------------------------------------------------------------
 TOY_SIDE, TOY_PATCH, TOY_WIDTH = 64, 16, 8
 CELL = (1, 2)  # the patch (row, col) on the 4 x 4 grid
-ROWS, COLS = slice(CELL[0] * TOY_PATCH, (CELL[0] + 1) * TOY_PATCH), slice(CELL[1] * TOY_PATCH, (CELL[1] + 1) * TOY_PATCH)
+ROWS, COLS = (
+    slice(CELL[0] * TOY_PATCH, (CELL[0] + 1) * TOY_PATCH),
+    slice(CELL[1] * TOY_PATCH, (CELL[1] + 1) * TOY_PATCH),
+)
 
 
 class PatchGate(nn.Module):
@@ -269,8 +277,19 @@ def patch_only_vit() -> ViTSimilarityModel:
     read by the keys), and the patch's colours reach the CLS through the values. Features: tokens entering block 0."""
     g = torch.Generator().manual_seed(0)
     d = TOY_WIDTH
-    vit = VisionTransformer(img_size=TOY_SIDE, patch_size=TOY_PATCH, embed_dim=d, depth=2, num_heads=1, mlp_ratio=2.0,
-                            num_classes=0, dynamic_img_size=True, global_pool="token")
+    with torch.random.fork_rng(devices=[]):  # timm initialises from the global generator: fix it, leave it as it was
+        torch.manual_seed(0)
+        vit = VisionTransformer(
+            img_size=TOY_SIDE,
+            patch_size=TOY_PATCH,
+            embed_dim=d,
+            depth=2,
+            num_heads=1,
+            mlp_ratio=2.0,
+            num_classes=0,
+            dynamic_img_size=True,
+            global_pool="token",
+        )
     conv = nn.Conv2d(3, d, TOY_PATCH, stride=TOY_PATCH, bias=False)
     w = torch.zeros(d, 3, TOY_PATCH, TOY_PATCH)
     area = TOY_PATCH * TOY_PATCH
@@ -284,7 +303,14 @@ def patch_only_vit() -> ViTSimilarityModel:
     vit.pos_embed.zero_()
     vit.cls_token.copy_(-0.1 * torch.eye(d)[1].view(1, 1, d))
     for blk in vit.blocks:
-        for bias in (blk.norm1.bias, blk.norm2.bias, blk.attn.qkv.bias, blk.attn.proj.bias, blk.mlp.fc1.bias, blk.mlp.fc2.bias):
+        for bias in (
+            blk.norm1.bias,
+            blk.norm2.bias,
+            blk.attn.qkv.bias,
+            blk.attn.proj.bias,
+            blk.mlp.fc1.bias,
+            blk.mlp.fc2.bias,
+        ):
             bias.zero_()
     first, last = vit.blocks
     first.attn.proj.weight.zero_()
@@ -293,7 +319,7 @@ def patch_only_vit() -> ViTSimilarityModel:
     last.attn.qkv.weight[: 2 * d] = 0
     last.attn.qkv.weight[0, 1] = -20.0  # the CLS query reads its own channel 1
     last.attn.qkv.weight[d, 0] = 20.0  # keys read 'present': only the patch has it
-    last.attn.qkv.weight[2 * d:] = 3 * torch.randn(d, d, generator=g)
+    last.attn.qkv.weight[2 * d :] = 3 * torch.randn(d, d, generator=g)
     last.attn.proj.weight.copy_(torch.randn(d, d, generator=g))
     last.mlp.fc2.weight.zero_()
     vit.norm.bias.zero_()
@@ -314,8 +340,11 @@ TOY_VARIANTS = [(name, {}) for name in METHODS] + [
     ("token_occlusion", {"variant": "context_agnostic"}),
 ]
 TOY_PARAMS = {
-    "occlusion": {"window": 16, "stride": 16}, "context_agnostic_occlusion": {"window": 16, "stride": 16},
-    "token_occlusion": {"window": 1}, "smoothgrad": {"samples": 8}, "pairwise_occlusion": {"erasures": 200},
+    "occlusion": {"window": 16, "stride": 16},
+    "context_agnostic_occlusion": {"window": 16, "stride": 16},
+    "token_occlusion": {"window": 1},
+    "smoothgrad": {"samples": 8},
+    "pairwise_occlusion": {"erasures": 200},
     "pixel_invariance": {"samples": 256, "epochs": 100, "surrogate_side": 16},
 }
 #: Surrogate and random-erasure methods: evidence concentrated on the patch, not exclusive to it.

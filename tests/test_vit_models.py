@@ -8,6 +8,7 @@ the final norm) must equal the one `cl_explain.load_model` gives, to 1e-5, at 22
 that needs the position embeddings interpolated. One test per architecture uses the real depth,
 width and key set; the others use 2 blocks (the loader reads the depth from the file).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,7 +38,7 @@ TOLERANCE = 1e-5
 
 
 def official_state(name: str, depth: int, seed: int, registers: int = 0) -> dict[str, torch.Tensor]:
-    """A state dict in the release's layout: DINO (224 px grid, no layer scale) or DINOv2 (518 px, ls1/ls2, mask_token)."""
+    """A state dict in the release's layout: DINO (224 px grid) or DINOv2 (518 px, ls1/ls2, mask token)."""
     _, patch, width, _ = ARCHS[name]
     dinov2 = name.startswith("dinov2")
     weights = Weights(seed)
@@ -58,8 +59,12 @@ def official_state(name: str, depth: int, seed: int, registers: int = 0) -> dict
         for norm in ("norm1", "norm2"):
             state[f"{block}{norm}.weight"] = weights.around(width, 1.0, 0.5)
             state[f"{block}{norm}.bias"] = weights.around(width, 0.0, 0.1)
-        for layer, shape in (("attn.qkv", (3 * width, width)), ("attn.proj", (width, width)),
-                             ("mlp.fc1", (4 * width, width)), ("mlp.fc2", (width, 4 * width))):
+        for layer, shape in (
+            ("attn.qkv", (3 * width, width)),
+            ("attn.proj", (width, width)),
+            ("mlp.fc1", (4 * width, width)),
+            ("mlp.fc2", (width, 4 * width)),
+        ):
             state[f"{block}{layer}.weight"] = weights.matrix(shape)
             state[f"{block}{layer}.bias"] = weights.around(shape[0], 0.0, 0.1)
         if dinov2:
@@ -173,8 +178,12 @@ def test_dino_full_training_checkpoint_loads_its_teacher_backbone(dino_small, fo
     torch.save({"teacher": teacher, "student": teacher, "epoch": 100}, full)
     x = images((224, 224))
     with torch.no_grad():
-        torch.testing.assert_close(cl_explain.load_model("dino-vits16", checkpoint=full).embed(x),
-                                   cl_explain.load_model("dino-vits16", checkpoint=path).embed(x), rtol=0, atol=0)
+        torch.testing.assert_close(
+            cl_explain.load_model("dino-vits16", checkpoint=full).embed(x),
+            cl_explain.load_model("dino-vits16", checkpoint=path).embed(x),
+            rtol=0,
+            atol=0,
+        )
 
 
 def test_block_and_pool_options(dino_small):
@@ -236,7 +245,9 @@ def test_wrong_keys_and_shapes_are_listed(dino_small, folder):
     renamed["blocks.0.attn.qkv.w"] = renamed.pop("blocks.0.attn.qkv.weight")
     path = folder / "renamed.pth"
     torch.save(renamed, path)
-    with pytest.raises(CheckpointError, match="missing keys: blocks.0.attn.qkv.weight; unexpected keys: blocks.0.attn.qkv.w"):
+    with pytest.raises(
+        CheckpointError, match="missing keys: blocks.0.attn.qkv.weight; unexpected keys: blocks.0.attn.qkv.w"
+    ):
         cl_explain.load_model("dino-vits16", checkpoint=path)
     reshaped = dict(state)
     reshaped["blocks.1.mlp.fc1.weight"] = torch.zeros(100, 384)

@@ -1,4 +1,5 @@
-"""The pair explorer: its pure functions (starting parameters, strength view, render) and the widget, without a kernel."""
+"""The pair explorer: its pure functions (starting parameters, strength view, render) and the widget, no kernel."""
+
 from __future__ import annotations
 
 import html
@@ -6,13 +7,20 @@ import html
 import matplotlib.pyplot as plt
 import pytest
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 import cl_explain as cle
 from cl_explain.data import make_pair, pure_view
 from cl_explain.exercises import tiny_model
 from cl_explain.explainers import list_methods
-from cl_explain.widgets import CONTROL_HELP, PARAM_HELP, explain_call, explorer, initial_params, render_pair, strength_view
+from cl_explain.widgets import (
+    CONTROL_HELP,
+    PARAM_HELP,
+    explain_call,
+    explorer,
+    initial_params,
+    render_pair,
+    strength_view,
+)
 
 SIZE = 24
 
@@ -106,14 +114,21 @@ def test_initial_params_take_overrides_and_reject_unknown_names():
 
 
 def test_explain_call_is_the_code_for_the_same_map():
-    assert explain_call("occlusion", {"window": 18, "stride": 2}) == \
-        "cle.explain(model, x1, x2, method='occlusion', window=18, stride=2)"
+    assert (
+        explain_call("occlusion", {"window": 18, "stride": 2})
+        == "cle.explain(model, x1, x2, method='occlusion', window=18, stride=2)"
+    )
     assert explain_call("pixel_invariance", {}) == "cle.explain(model, x1, method='pixel_invariance')"
 
 
 def _explorer(model, image, **options):
-    return explorer({"noise": image, "flat": torch.full((1, 3, 40, 40), 0.5)}, {"tiny": lambda: model},
-                    methods=["gradcam", "interaction_cam", "occlusion"], size=SIZE, **options)
+    return explorer(
+        {"noise": image, "flat": torch.full((1, 3, 40, 40), 0.5)},
+        {"tiny": lambda: model},
+        methods=["gradcam", "interaction_cam", "occlusion"],
+        size=SIZE,
+        **options,
+    )
 
 
 def test_explorer_opens_on_the_given_method_with_explains_parameters(model, image):
@@ -135,15 +150,24 @@ def test_explorer_parameters_follow_the_method_and_the_size(model, image):
     app.param_widgets["window"].value = 3
     app.size_box.value = 48  # every length restarts at explain's value for the new size
     assert app.params() == initial_params("occlusion", 48) and app.last.map1.shape[-1] > 1
-    assert torch.equal(app.last.map1, cle.explain(model, pure_view(image, 48)[0], strength_view(image, 48, 0, 1.0),
-                                                  "occlusion").map1)
+    assert torch.equal(
+        app.last.map1, cle.explain(model, pure_view(image, 48)[0], strength_view(image, 48, 0, 1.0), "occlusion").map1
+    )
     plt.close("all")
 
 
 def test_every_explorer_control_has_help(model, image):
     app = _explorer(model, image, method="interaction_cam")
-    controls = [app.image_box, app.path_box, app.seed_box, app.strength_box, app.size_box, app.model_box,
-                app.method_box, *app.params_box.children]
+    controls = [
+        app.image_box,
+        app.path_box,
+        app.seed_box,
+        app.strength_box,
+        app.size_box,
+        app.model_box,
+        app.method_box,
+        *app.params_box.children,
+    ]
     assert all(c.tooltip and f'title="{html.escape(c.tooltip)}"' in c.description for c in controls)
     assert set(CONTROL_HELP) == {"image", "path", "seed", "strength", "size", "model", "method"}
     assert all(c.layout.width for c in app.params_box.children) and app.params_box.layout.flex_flow == "row wrap"

@@ -7,6 +7,7 @@
 * `published`: the authors' published metric table, as data, and its comparison with ours.
 * `diagnostics`: what a model looks at on the embedded scenes (object versus background).
 """
+
 from .diagnostics import diagnostics_table, triplet_similarities, wilson_interval
 from .published import PUBLISHED, PUBLISHED_SOURCE, published_table, rank_agreement, side_by_side
 from .summaries import (
@@ -24,8 +25,27 @@ from .summaries import (
 from .verdicts import CLAIMS, Claim, Comparison, claim_verdicts, paired_verdict
 
 __all__ = [
-    "CORRELATIONS", "bootstrap_correlation", "correlation_table", "inversion_errors", "method_ranks", "metric_tables", "scored_on",
-    "paired_difference", "per_model_means", "read_correlations", "CLAIMS", "Claim", "Comparison", "claim_verdicts", "paired_verdict",
-    "PUBLISHED", "PUBLISHED_SOURCE", "published_table", "rank_agreement", "side_by_side",
-    "diagnostics_table", "triplet_similarities", "wilson_interval",
+    "CORRELATIONS",
+    "bootstrap_correlation",
+    "correlation_table",
+    "inversion_errors",
+    "method_ranks",
+    "metric_tables",
+    "scored_on",
+    "paired_difference",
+    "per_model_means",
+    "read_correlations",
+    "CLAIMS",
+    "Claim",
+    "Comparison",
+    "claim_verdicts",
+    "paired_verdict",
+    "PUBLISHED",
+    "PUBLISHED_SOURCE",
+    "published_table",
+    "rank_agreement",
+    "side_by_side",
+    "diagnostics_table",
+    "triplet_similarities",
+    "wilson_interval",
 ]

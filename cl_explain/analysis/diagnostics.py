@@ -8,6 +8,7 @@ Two tests built from the scenes' decomposition (`cl_explain.data.pairings`):
 A model that explains similarity through the shared object scores high on the first, near or below
 one half on the second. Rates come with Wilson 95% intervals.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,9 @@ Triplet = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @torch.no_grad()
-def triplet_similarities(model: SimilarityModel, triplets: Sequence[Triplet] | Triplet, batch_size: int = 200
-                         ) -> torch.Tensor:
+def triplet_similarities(
+    model: SimilarityModel, triplets: Sequence[Triplet] | Triplet, batch_size: int = 200
+) -> torch.Tensor:
     """N x 2 float64: (S(a, b), S(a, c)) for each triplet (a, b, c); `triplets` is a list of 1x3xHxW
     triples or three stacked N x 3 x H x W tensors."""
     if isinstance(triplets, tuple) and len(triplets) == 3 and triplets[0].dim() == 4 and len(triplets[0]) > 1:
@@ -32,7 +34,9 @@ def triplet_similarities(model: SimilarityModel, triplets: Sequence[Triplet] | T
     else:
         stacked = tuple(torch.cat(column) for column in zip(*triplets))
     if len({len(x) for x in stacked}) != 1:
-        raise ValueError(f"the three members of the triplets must come in equal numbers, got {[len(x) for x in stacked]}")
+        raise ValueError(
+            f"the three members of the triplets must come in equal numbers, got {[len(x) for x in stacked]}"
+        )
     out = []
     for a, b, c in zip(*(x.split(batch_size) for x in stacked)):
         ea, eb, ec = (model(x.to(model.device)).double().cpu() for x in (a, b, c))
@@ -50,8 +54,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return centre - half, centre + half
 
 
-def diagnostics_table(models: Mapping[str, SimilarityModel], swap: Sequence[Triplet] | Triplet,
-                      bare: Sequence[Triplet] | Triplet) -> pd.DataFrame:
+def diagnostics_table(
+    models: Mapping[str, SimilarityModel], swap: Sequence[Triplet] | Triplet, bare: Sequence[Triplet] | Triplet
+) -> pd.DataFrame:
     """One row per model and test: the rate, its Wilson interval, and the mean similarity gap."""
     rows = []
     for name, model in models.items():
@@ -59,6 +64,15 @@ def diagnostics_table(models: Mapping[str, SimilarityModel], swap: Sequence[Trip
             sims = triplet_similarities(model, triplets)
             wins, n = int((sims[:, 0] > sims[:, 1]).sum()), len(sims)
             low, high = wilson_interval(wins, n)
-            rows.append({"model": name, "test": test, "rate": wins / n, "ci_low": low, "ci_high": high, "n": n,
-                         "mean_gap": float((sims[:, 0] - sims[:, 1]).mean())})
+            rows.append(
+                {
+                    "model": name,
+                    "test": test,
+                    "rate": wins / n,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "n": n,
+                    "mean_gap": float((sims[:, 0] - sims[:, 1]).mean()),
+                }
+            )
     return pd.DataFrame(rows)

@@ -11,6 +11,7 @@ metric, the Spearman correlation between our method means and the published ones
 both tables have, with a bootstrap interval over our pairs (our sampling noise; the published
 values are taken as exact).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -19,13 +20,22 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-PUBLISHED_SOURCE = ("Sammani, Joukovsky, Deligiannis, Visualizing and Understanding Contrastive Learning, "
-                    "IEEE TIP 2023, Table I")
+PUBLISHED_SOURCE = (
+    "Sammani, Joukovsky, Deligiannis, Visualizing and Understanding Contrastive Learning, IEEE TIP 2023, Table I"
+)
 
 #: Column order of the published table, by our metric names.
-PUBLISHED_METRICS = ("insertion_simultaneous", "deletion_simultaneous", "insertion_conditional",
-                     "deletion_conditional", "average_drop_simultaneous", "average_increase_simultaneous",
-                     "average_drop_conditional", "average_increase_conditional", "max_sensitivity")
+PUBLISHED_METRICS = (
+    "insertion_simultaneous",
+    "deletion_simultaneous",
+    "insertion_conditional",
+    "deletion_conditional",
+    "average_drop_simultaneous",
+    "average_increase_simultaneous",
+    "average_drop_conditional",
+    "average_increase_conditional",
+    "max_sensitivity",
+)
 
 #: The published rows, by our method labels (as in the full profile of notebook 05).
 _ROWS = {
@@ -102,16 +112,24 @@ def side_by_side(means: pd.DataFrame, paper_models: Sequence[str] = tuple(PUBLIS
             published = {p: PUBLISHED[p].get(record["method"], {}).get(metric) for p in paper_models}
             if all(v is None for v in published.values()):
                 continue
-            rows.append({"model": record["model"], "method": record["method"], "metric": metric,
-                         "ours": float(record[metric]), **{p: (np.nan if v is None else v) for p, v in published.items()}})
+            rows.append(
+                {
+                    "model": record["model"],
+                    "method": record["method"],
+                    "metric": metric,
+                    "ours": float(record[metric]),
+                    **{p: (np.nan if v is None else v) for p, v in published.items()},
+                }
+            )
     return pd.DataFrame(rows, columns=["model", "method", "metric", "ours", *paper_models])
 
 
 AGREEMENT_COLUMNS = ("model", "paper_model", "metric", "methods", "pairs", "spearman", "ci_low", "ci_high")
 
 
-def rank_agreement(results: pd.DataFrame, paper_model: str, n_boot: int = 1000, ci: float = 0.95,
-                   seed: int = 0) -> pd.DataFrame:
+def rank_agreement(
+    results: pd.DataFrame, paper_model: str, n_boot: int = 1000, ci: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
     """Per (model, metric): Spearman correlation of our method means with the published ones, over the
     methods both have (at least 3), with a percentile bootstrap interval over our pairs.
 
@@ -120,7 +138,9 @@ def rank_agreement(results: pd.DataFrame, paper_model: str, n_boot: int = 1000, 
     reference = published_table(paper_model)
     rng = np.random.default_rng(seed)
     rows = []
-    for (model, metric), frame in results[results["metric"].isin(PUBLISHED_METRICS)].groupby(["model", "metric"], sort=False):
+    for (model, metric), frame in results[results["metric"].isin(PUBLISHED_METRICS)].groupby(
+        ["model", "metric"], sort=False
+    ):
         wide = frame.pivot_table(index="pair_id", columns="method", values="value", aggfunc="mean")
         methods = [m for m in wide.columns if m in reference.index and np.isfinite(reference.loc[m, metric])]
         wide = wide[methods].dropna()
@@ -129,13 +149,25 @@ def rank_agreement(results: pd.DataFrame, paper_model: str, n_boot: int = 1000, 
         published = reference.loc[methods, metric].to_numpy()
         values = wide.to_numpy()
         rho = float(stats.spearmanr(values.mean(axis=0), published).statistic)
-        draws = [stats.spearmanr(values[rng.integers(0, len(values), len(values))].mean(axis=0), published).statistic
-                 for _ in range(n_boot)]
+        draws = [
+            stats.spearmanr(values[rng.integers(0, len(values), len(values))].mean(axis=0), published).statistic
+            for _ in range(n_boot)
+        ]
         draws = np.asarray(draws, dtype=float)
         draws = draws[np.isfinite(draws)]
         low, high = np.quantile(draws, [(1 - ci) / 2, 1 - (1 - ci) / 2]) if draws.size else (np.nan, np.nan)
-        rows.append({"model": model, "paper_model": paper_model, "metric": metric, "methods": len(methods),
-                     "pairs": len(wide), "spearman": rho, "ci_low": float(low), "ci_high": float(high)})
+        rows.append(
+            {
+                "model": model,
+                "paper_model": paper_model,
+                "metric": metric,
+                "methods": len(methods),
+                "pairs": len(wide),
+                "spearman": rho,
+                "ci_low": float(low),
+                "ci_high": float(high),
+            }
+        )
     return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
 
 

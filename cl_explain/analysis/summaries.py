@@ -12,6 +12,7 @@
 Every input frame is tidy: columns model, pair_id, method, metric, value (as `evaluate` returns,
 with a `model` column added by the caller).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -75,21 +76,29 @@ def bootstrap_correlation(
         boots.append(_correlate(means, y[chosen], method))
     boots = np.asarray(boots)
     boots = boots[np.isfinite(boots)]
-    low, high = (np.quantile(boots, [(1 - ci) / 2, 1 - (1 - ci) / 2]) if boots.size else (np.nan, np.nan))
+    low, high = np.quantile(boots, [(1 - ci) / 2, 1 - (1 - ci) / 2]) if boots.size else (np.nan, np.nan)
     if np.isfinite(r):
         permuted = np.array([_correlate(x, rng.permutation(y), method) for _ in range(n_boot)])
         p_value = float((np.abs(permuted) >= abs(r) - 1e-12).mean())
     else:
         p_value = float("nan")
-    return {"r": r, "ci_low": float(low), "ci_high": float(high), "p_value": p_value,
-            "n_models": len(models), "n_valid_boot": int(boots.size)}
+    return {
+        "r": r,
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "p_value": p_value,
+        "n_models": len(models),
+        "n_valid_boot": int(boots.size),
+    }
 
 
 def _check_columns(df: pd.DataFrame, needed: set[str]) -> None:
     missing = needed - set(df.columns)
     if missing:
-        raise ValueError(f"results need the columns {sorted(needed)}; missing {sorted(missing)} "
-                         "(add a 'model' column to each evaluate() result before concatenating)")
+        raise ValueError(
+            f"results need the columns {sorted(needed)}; missing {sorted(missing)} "
+            "(add a 'model' column to each evaluate() result before concatenating)"
+        )
 
 
 def correlation_table(
@@ -118,9 +127,13 @@ def read_correlations(table: pd.DataFrame) -> pd.DataFrame:
     sign = table["metric"].map(lambda m: 1 if METRICS[m].higher_is_better else -1)
     out = table.assign(aligned=table["r"] * sign)
     decided = (out["ci_low"] > 0) | (out["ci_high"] < 0)
-    out["reading"] = np.where(~decided, "the interval includes 0: no clear relation",
-                              np.where(out["aligned"] > 0, "better explanations with better accuracy",
-                                       "worse explanations with better accuracy"))
+    out["reading"] = np.where(
+        ~decided,
+        "the interval includes 0: no clear relation",
+        np.where(
+            out["aligned"] > 0, "better explanations with better accuracy", "worse explanations with better accuracy"
+        ),
+    )
     return out
 
 
@@ -143,22 +156,35 @@ def paired_difference(
     for name in (model_a, model_b):
         if name not in set(df["model"]):
             raise ValueError(f"model {name!r} is not in the results; models present: {sorted(set(df['model']))}")
-    wide = df[df["model"].isin([model_a, model_b])].pivot_table(
-        index=["method", "metric", "pair_id"], columns="model", values="value", aggfunc="mean"
-    ).dropna()
+    wide = (
+        df[df["model"].isin([model_a, model_b])]
+        .pivot_table(index=["method", "metric", "pair_id"], columns="model", values="value", aggfunc="mean")
+        .dropna()
+    )
     rng = np.random.default_rng(seed)
     rows = []
     for (label, metric), group in wide.groupby(level=["method", "metric"], sort=False):
         diff = (group[model_a] - group[model_b]).to_numpy(dtype=float)
         draws = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
         low, high = np.quantile(draws, [(1 - ci) / 2, 1 - (1 - ci) / 2])
-        rows.append({"method": label, "metric": metric, "mean_a": float(group[model_a].mean()),
-                     "mean_b": float(group[model_b].mean()), "difference": float(diff.mean()),
-                     "ci_low": float(low), "ci_high": float(high), "n_pairs": int(diff.size)})
+        rows.append(
+            {
+                "method": label,
+                "metric": metric,
+                "mean_a": float(group[model_a].mean()),
+                "mean_b": float(group[model_b].mean()),
+                "difference": float(diff.mean()),
+                "ci_low": float(low),
+                "ci_high": float(high),
+                "n_pairs": int(diff.size),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def inversion_errors(models: Mapping[str, "SimilarityModel"], image, grid: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+def inversion_errors(
+    models: Mapping[str, "SimilarityModel"], image, grid: Mapping[str, Mapping[str, Any]]
+) -> pd.DataFrame:
     """How well each feature inversion matches: per (depth, model), the relative feature error
     ||Phi(x) - Phi(x0)|| / ||Phi(x0)|| at that depth and the Pearson correlation of x with the image x0.
 
@@ -198,13 +224,19 @@ def method_ranks(means: pd.DataFrame, model: str) -> pd.DataFrame:
     from ..metrics import METRICS
 
     first = means[means["model"] == model].set_index("method").drop(columns="model")
-    return pd.DataFrame({METRICS[m].abbreviation: first[m].rank(ascending=not METRICS[m].higher_is_better)
-                         for m in first.columns})
+    return pd.DataFrame(
+        {METRICS[m].abbreviation: first[m].rank(ascending=not METRICS[m].higher_is_better) for m in first.columns}
+    )
 
 
-def metric_tables(results: pd.DataFrame, metrics: Sequence[str], n_boot: int = 1000, ci: float = 0.95,
-                  seed: int = 0, method_params: Mapping[str, Mapping[str, Any]] | None = None
-                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def metric_tables(
+    results: pd.DataFrame,
+    metrics: Sequence[str],
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    method_params: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The paper's table for every model of `results` (columns model, pair_id, method, metric, value).
 
     Per-direction rows (`<metric>_1`, `_2`) are dropped (the plain name holds their mean). Returns
@@ -213,25 +245,34 @@ def metric_tables(results: pd.DataFrame, metrics: Sequence[str], n_boot: int = 1
     "scored on" column naming the pair each row was scored on (see `scored_on`); `means` has the
     plain means with the metric names as columns. Rows are (model, method) in first-seen order.
     """
-    from ..metrics import METRICS, summarise
+    from ..metrics import METRICS, summarize
 
     _check_columns(results, {"model", "method", "metric", "value"})
     plain = results[~results["metric"].str.contains(r"_[12]$", regex=True)]
     formatted, means = [], []
     for model, frame in plain.groupby("model", sort=False):
-        summary = summarise(frame, ci=ci, n_boot=n_boot, seed=seed)
+        summary = summarize(frame, ci=ci, n_boot=n_boot, seed=seed)
         present = [m for m in metrics if m in set(summary.columns.get_level_values("metric"))]
         mean = summary.xs("mean", axis=1, level="statistic")[present]
         means.append(mean.rename_axis(columns=None).reset_index().assign(model=model))
         cells = {}
         for metric in present:
             stats_ = summary[metric]
-            header = f"{METRICS[metric].abbreviation} {'↑' if METRICS[metric].higher_is_better else '↓'}"
-            cells[header] = [f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if pd.notna(r["mean"]) else "NA"
-                             for _, r in stats_.iterrows()]
+            cells[METRICS[metric].label] = [
+                f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if pd.notna(r["mean"]) else "NA"
+                for _, r in stats_.iterrows()
+            ]
         labels = list(summary.index)
-        formatted.append(pd.DataFrame({"model": model, "method": labels,
-                                       "scored on": [scored_on(label, method_params) for label in labels], **cells}))
+        formatted.append(
+            pd.DataFrame(
+                {
+                    "model": model,
+                    "method": labels,
+                    "scored on": [scored_on(label, method_params) for label in labels],
+                    **cells,
+                }
+            )
+        )
     formatted = pd.concat(formatted, ignore_index=True).fillna("NA")
     means = pd.concat(means, ignore_index=True)
     return formatted, means[["model", "method", *[m for m in metrics if m in means.columns]]]

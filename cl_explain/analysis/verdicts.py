@@ -18,6 +18,7 @@ Comparisons whose cells were not scored (a method or metric not in the run) are 
 counted. The published table (`published.PUBLISHED`) gives the study's own outcome of each
 comparison from its point values, shown beside ours.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,11 @@ MIN_PAIRS = 5
 OCCLUSION = ("occlusion", "context_agnostic_occlusion", "pairwise_occlusion")
 CAMS = ("gradcam", "interaction_cam", "interaction_cam_max", "interaction_cam_attn")
 GRADIENTS = ("input_x_gradient", "smoothgrad", "averaged_transforms")
-GUIDED = {"input_x_gradient": "input_x_gradient_guided", "smoothgrad": "smoothgrad_guided",
-          "averaged_transforms": "averaged_transforms_guided"}
+GUIDED = {
+    "input_x_gradient": "input_x_gradient_guided",
+    "smoothgrad": "smoothgrad_guided",
+    "averaged_transforms": "averaged_transforms_guided",
+}
 BASELINES = ("random", "random_grid")
 
 
@@ -52,8 +56,11 @@ class Comparison:
     def text(self) -> str:
         if self.metric_a == self.metric_b:
             return f"{self.metric_a}: {self.method_a} > {self.method_b}"
-        return f"{self.method_a}: {self.metric_a} > {self.metric_b}" if self.method_a == self.method_b else \
-            f"{self.method_a} {self.metric_a} > {self.method_b} {self.metric_b}"
+        return (
+            f"{self.method_a}: {self.metric_a} > {self.metric_b}"
+            if self.method_a == self.method_b
+            else f"{self.method_a} {self.metric_a} > {self.method_b} {self.metric_b}"
+        )
 
 
 @dataclass(frozen=True)
@@ -77,9 +84,16 @@ def paired_verdict(differences: Sequence[float], n_boot: int = 2000, ci: float =
     rng = np.random.default_rng(seed)
     draws = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
     low, high = np.quantile(draws, [(1 - ci) / 2, 1 - (1 - ci) / 2])
-    verdict = "inconclusive" if diff.size < MIN_PAIRS else "holds" if low > 0 else "fails" if high < 0 else "inconclusive"
-    return {"n": int(diff.size), "difference": float(diff.mean()), "ci_low": float(low), "ci_high": float(high),
-            "verdict": verdict}
+    verdict = (
+        "inconclusive" if diff.size < MIN_PAIRS else "holds" if low > 0 else "fails" if high < 0 else "inconclusive"
+    )
+    return {
+        "n": int(diff.size),
+        "difference": float(diff.mean()),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "verdict": verdict,
+    }
 
 
 def combine(verdicts: Sequence[str]) -> str:
@@ -96,21 +110,28 @@ def _present(methods: Sequence[str], group: Sequence[str]) -> list[str]:
 
 
 def _intcam_deletes_better(methods, means):
-    return [Comparison("gradcam", "deletion_simultaneous", cam, "deletion_simultaneous")
-            for cam in _present(methods, ("interaction_cam", "interaction_cam_max")) if "gradcam" in methods]
+    return [
+        Comparison("gradcam", "deletion_simultaneous", cam, "deletion_simultaneous")
+        for cam in _present(methods, ("interaction_cam", "interaction_cam_max"))
+        if "gradcam" in methods
+    ]
 
 
 def _gradients_over_cams(metric: str):
     def build(methods, means):
-        return [Comparison(g, metric, c, metric)
-                for g in _present(methods, GRADIENTS) for c in _present(methods, CAMS)]
+        return [Comparison(g, metric, c, metric) for g in _present(methods, GRADIENTS) for c in _present(methods, CAMS)]
+
     return build
 
 
 def _guided_raises(metric: str):
     def build(methods, means):
-        return [Comparison(guided, metric, plain, metric) for plain, guided in GUIDED.items()
-                if plain in methods and guided in methods]
+        return [
+            Comparison(guided, metric, plain, metric)
+            for plain, guided in GUIDED.items()
+            if plain in methods and guided in methods
+        ]
+
     return build
 
 
@@ -128,26 +149,46 @@ def _insertion_above_deletion(methods, means):
 
 
 def _random_below_insertion(methods, means):
-    return [Comparison(m, "insertion_simultaneous", b, "insertion_simultaneous")
-            for b in _present(methods, BASELINES) for m in methods if m not in BASELINES]
+    return [
+        Comparison(m, "insertion_simultaneous", b, "insertion_simultaneous")
+        for b in _present(methods, BASELINES)
+        for m in methods
+        if m not in BASELINES
+    ]
 
 
 def _random_above_deletion(methods, means):
-    return [Comparison(b, "deletion_simultaneous", m, "deletion_simultaneous")
-            for b in _present(methods, BASELINES) for m in methods if m not in BASELINES]
+    return [
+        Comparison(b, "deletion_simultaneous", m, "deletion_simultaneous")
+        for b in _present(methods, BASELINES)
+        for m in methods
+        if m not in BASELINES
+    ]
 
 
 #: The orderings that held on both of the study's models (its Table I), in the study's order.
 CLAIMS = (
     Claim("1", "Interaction-CAM (mean, max) deletes better (lower SD) than Grad-CAM", _intcam_deletes_better),
-    Claim("2a", "gradient maps (IxG, SmoothGrad, AvgT) insert better (higher SI) than every CAM",
-          _gradients_over_cams("insertion_simultaneous")),
-    Claim("2b", "gradient maps have a much higher, i.e. worse, conditional average drop (CAD) than every CAM",
-          _gradients_over_cams("average_drop_conditional")),
-    Claim("3a", "guided variants raise conditional insertion (CI) over their plain method",
-          _guided_raises("insertion_conditional")),
-    Claim("3b", "guided variants raise simultaneous insertion (SI) over their plain method",
-          _guided_raises("insertion_simultaneous")),
+    Claim(
+        "2a",
+        "gradient maps (IxG, SmoothGrad, AvgT) insert better (higher SI) than every CAM",
+        _gradients_over_cams("insertion_simultaneous"),
+    ),
+    Claim(
+        "2b",
+        "gradient maps have a much higher, i.e. worse, conditional average drop (CAD) than every CAM",
+        _gradients_over_cams("average_drop_conditional"),
+    ),
+    Claim(
+        "3a",
+        "guided variants raise conditional insertion (CI) over their plain method",
+        _guided_raises("insertion_conditional"),
+    ),
+    Claim(
+        "3b",
+        "guided variants raise simultaneous insertion (SI) over their plain method",
+        _guided_raises("insertion_simultaneous"),
+    ),
     Claim("4", "the best occlusion method deletes better (lower SD) than every other method", _occlusion_deletes_best),
     Claim("5a", "insertion AUC > deletion AUC for every method (simultaneous)", _insertion_above_deletion),
     Claim("5b", "a random map inserts worse (lower SI) than every method", _random_below_insertion),
@@ -160,9 +201,14 @@ def _cells(results: pd.DataFrame) -> pd.DataFrame:
     return results.pivot_table(index="pair_id", columns=["method", "metric"], values="value", aggfunc="mean")
 
 
-def claim_verdicts(results: pd.DataFrame, claims: Sequence[Claim] = CLAIMS, n_boot: int = 2000, ci: float = 0.95,
-                   seed: int = 0, published: dict[str, dict[str, dict[str, float | None]]] | None = None
-                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def claim_verdicts(
+    results: pd.DataFrame,
+    claims: Sequence[Claim] = CLAIMS,
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+    published: dict[str, dict[str, dict[str, float | None]]] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Verdicts of `claims` on each model of `results` (tidy: model, pair_id, method, metric, value).
 
     Returns (claims_table, comparisons_table). comparisons_table: one row per (model, claim,
@@ -194,9 +240,17 @@ def claim_verdicts(results: pd.DataFrame, claims: Sequence[Claim] = CLAIMS, n_bo
                     row[f"published {paper_model}"] = _published_outcome(table, comparison)
                 rows.append(row)
             counts = {v: verdicts.count(v) for v in VERDICTS}
-            summary.append({"model": model, "claim": claim.key, "statement": claim.statement,
-                            "comparisons": len(verdicts), **counts, "untested": untested,
-                            "verdict": combine(verdicts)})
+            summary.append(
+                {
+                    "model": model,
+                    "claim": claim.key,
+                    "statement": claim.statement,
+                    "comparisons": len(verdicts),
+                    **counts,
+                    "untested": untested,
+                    "verdict": combine(verdicts),
+                }
+            )
     return pd.DataFrame(summary), pd.DataFrame(rows)
 
 

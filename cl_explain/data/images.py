@@ -1,4 +1,5 @@
 """Reading images from files or PIL objects into 1x3xHxW float tensors in [0, 1]."""
+
 from __future__ import annotations
 
 import os
@@ -49,7 +50,9 @@ def load_image(source: str | os.PathLike | Image.Image) -> torch.Tensor:
             img = Image.open(path)
             img.load()
         except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise ValueError(f"{path!r} is not a readable image ({error}); pass a PNG, JPEG or other PIL-readable file") from error
+            raise ValueError(
+                f"{path!r} is not a readable image ({error}); pass a PNG, JPEG or other PIL-readable file"
+            ) from error
     if img.width == 0 or img.height == 0:
         raise ValueError(f"image has zero size {img.size}; nothing to explain")
     img = ImageOps.exif_transpose(img)

@@ -11,6 +11,7 @@ Pair modes (`scene_pairs`):
 Masks are the target's in each view. `swap_triplets` builds the object-versus-background test:
 an anchor, its target in another context, and another target in the anchor's context.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -21,8 +22,17 @@ import torch
 from ..utils import cpu_generator
 from .pairs import Pair
 from .scenes import (
-    CLASSES, DEFAULT_SIZE, SPLIT_SIZES, TARGET_AREA, SceneSet, check_split, compose, draw_context, draw_target,
-    place_target, render_scene,
+    CLASSES,
+    DEFAULT_SIZE,
+    SPLIT_SIZES,
+    TARGET_AREA,
+    SceneSet,
+    check_split,
+    compose,
+    draw_context,
+    draw_target,
+    place_target,
+    render_scene,
 )
 from .transforms import pure_view, simclr_view
 
@@ -42,8 +52,9 @@ def _partner(i: int, total: int, generator: torch.Generator, same_class: bool | 
     return (block * n_classes + (i % n_classes + shift) % n_classes) % total
 
 
-def _moved_target(i: int, j: int, split: str, scene_seed: int, size: int, pair_seed: int
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def _moved_target(
+    i: int, j: int, split: str, scene_seed: int, size: int, pair_seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scene i's target, resized by a random factor (within the target size range) and placed anew,
     in scene j's context: the image (3xHxW) and its target mask."""
     rng = np.random.default_rng(np.random.SeedSequence([pair_seed, 7]))
@@ -63,8 +74,15 @@ def _other_target_here(i: int, k: int, split: str, scene_seed: int, size: int) -
     return image
 
 
-def scene_pairs(n: int, split: str = "test", seed: int = 0, size: int = DEFAULT_SIZE, mode: str = "pure-augmented",
-                scene_seed: int = 0, scenes: SceneSet | None = None) -> list[Pair]:
+def scene_pairs(
+    n: int,
+    split: str = "test",
+    seed: int = 0,
+    size: int = DEFAULT_SIZE,
+    mode: str = "pure-augmented",
+    scene_seed: int = 0,
+    scenes: SceneSet | None = None,
+) -> list[Pair]:
     """`n` seeded evaluation pairs of held-out scenes, with the target's mask in each view.
 
     Scenes come from `scenes` (e.g. a cached `load_split`, for the modes that view one or two
@@ -104,13 +122,24 @@ def scene_pairs(n: int, split: str = "test", seed: int = 0, size: int = DEFAULT_
             j = _partner(i, total, generator, mode == "same-class")
             image2, mask2, label2 = scene(j)
             x2, m2 = pure_view(image2, size, mask2)
-        pairs.append(Pair(x1=x1, x2=x2, mask1=m1, mask2=m2, label=label, label2=label2,
-                          pair_id=f"{split}-{i:04d}-{mode}-s{seed}", seed=pair_seed))
+        pairs.append(
+            Pair(
+                x1=x1,
+                x2=x2,
+                mask1=m1,
+                mask2=m2,
+                label=label,
+                label2=label2,
+                pair_id=f"{split}-{i:04d}-{mode}-s{seed}",
+                seed=pair_seed,
+            )
+        )
     return pairs
 
 
-def swap_triplets(n: int, split: str = "test", seed: int = 0, size: int = DEFAULT_SIZE, scene_seed: int = 0
-                  ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def swap_triplets(
+    n: int, split: str = "test", seed: int = 0, size: int = DEFAULT_SIZE, scene_seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """`n` triplets (anchor, same object, same background) of 1x3xHxW pure views.
 
     The second image holds the anchor's target on another scene's background with its distractors;
@@ -132,8 +161,14 @@ def swap_triplets(n: int, split: str = "test", seed: int = 0, size: int = DEFAUL
     return triplets
 
 
-def background_views(n: int, split: str = "test", seed: int = 0, size: int = DEFAULT_SIZE, scene_seed: int = 0,
-                     scenes: SceneSet | None = None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def background_views(
+    n: int,
+    split: str = "test",
+    seed: int = 0,
+    size: int = DEFAULT_SIZE,
+    scene_seed: int = 0,
+    scenes: SceneSet | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """For the background diagnostic: (two SimCLR views of scene i's bare background (every object
     removed), a SimCLR view of scene i+1), 1x3xHxW each."""
     out = []

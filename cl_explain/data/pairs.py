@@ -1,4 +1,5 @@
 """Pairs of views: the unit every explanation and metric works on."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -65,7 +66,12 @@ def make_pair(
         p1 = None
     x2, m2, p2 = simclr_view(second, size, generator, second_mask)
     return Pair(
-        x1=x1, x2=x2,
-        mask1=None if m1 is None else m1.bool(), mask2=None if m2 is None else m2.bool(),
-        pair_id=pair_id or f"seed{seed}", seed=int(seed), params1=p1, params2=p2,
+        x1=x1,
+        x2=x2,
+        mask1=None if m1 is None else m1.bool(),
+        mask2=None if m2 is None else m2.bool(),
+        pair_id=pair_id or f"seed{seed}",
+        seed=int(seed),
+        params1=p1,
+        params2=p2,
     )

@@ -3,6 +3,7 @@
 Every photo here ships inside the scikit-image wheel (no download) and is public domain or CC0;
 sources and licences are listed in `PHOTOS` and in data/README.md.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,15 +25,28 @@ class Photo:
 
 
 PHOTOS: dict[str, Photo] = {
-    "astronaut": Photo("astronaut", "astronaut Eileen Collins (512x512)", "NASA Great Images database",
-                       "public domain (no known copyright restrictions)"),
+    "astronaut": Photo(
+        "astronaut",
+        "astronaut Eileen Collins (512x512)",
+        "NASA Great Images database",
+        "public domain (no known copyright restrictions)",
+    ),
     "cat": Photo("chelsea", "Chelsea the cat (300x451)", "photo by Stefan van der Walt", "CC0"),
-    "coffee": Photo("coffee", "coffee cup on a wooden table (400x600)",
-                    "photo by Rachel Michetti, courtesy of Pikolo Espresso Bar", "CC0"),
-    "rocket": Photo("rocket", "Falcon 9 launch carrying DSCOVR (427x640)", "SpaceX Photos (Flickr)",
-                    "public domain (released by SpaceX in 2015)"),
-    "camera": Photo("camera", "photographer with a camera, grey (512x512), returned as RGB",
-                    "photo by Lav Varshney", "CC0"),
+    "coffee": Photo(
+        "coffee",
+        "coffee cup on a wooden table (400x600)",
+        "photo by Rachel Michetti, courtesy of Pikolo Espresso Bar",
+        "CC0",
+    ),
+    "rocket": Photo(
+        "rocket",
+        "Falcon 9 launch carrying DSCOVR (427x640)",
+        "SpaceX Photos (Flickr)",
+        "public domain (released by SpaceX in 2015)",
+    ),
+    "camera": Photo(
+        "camera", "photographer with a camera, grey (512x512), returned as RGB", "photo by Lav Varshney", "CC0"
+    ),
 }
 
 

@@ -22,6 +22,7 @@ anti-aliasing: the instance map is exact, and outside it every pixel equals the 
 Scene `index` of `split` is a pure function of (seed, split, index, size). Splits are disjoint
 random streams, and pixels are multiples of 1/255, so the uint8 cache of a split is lossless.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -54,7 +55,16 @@ TARGET_AREA, DISTRACTOR_AREA = (0.04, 0.12), (0.03, 0.09)
 POOL_PHOTOS, POOL_TEXTURES = 32, 16
 _POOL_SEED = 20231101
 #: Background sources: scikit-image sample images that ship inside its wheel (no download).
-TEXTURE_SOURCES = ("grass", "gravel", "brick", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
+TEXTURE_SOURCES = (
+    "grass",
+    "gravel",
+    "brick",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+)
 #: Instance-map codes: 0 = background, 1 = target, 2.. = distractors.
 TARGET_ID = 1
 
@@ -128,8 +138,9 @@ def check_split(split: str) -> str:
 
 
 def _rng(seed: int, split: str, index: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(seed), _SPLIT_CODES[check_split(split)], int(index),
-                                                         stream]))
+    return np.random.default_rng(
+        np.random.SeedSequence([int(seed), _SPLIT_CODES[check_split(split)], int(index), stream])
+    )
 
 
 def _random_color(rng: np.random.Generator, saturation=(0.55, 1.0), value=(0.5, 1.0)) -> tuple[float, float, float]:
@@ -143,26 +154,46 @@ def draw_target(index: int, split: str = "train", seed: int = 0) -> ObjectSpec:
     pattern, shape = CLASSES[int(index) % len(CLASSES)].split("-")
     base = _random_color(rng)
     second = _random_color(rng, value=(0.0, 0.3)) if rng.uniform() < 0.5 else _random_color(rng, (0.0, 0.25), (0.9, 1))
-    return ObjectSpec(shape, pattern, (base, second), float(rng.uniform(*TARGET_AREA)), float(rng.uniform(0, 2 * math.pi)),
-                      float(rng.uniform(0.3, 0.42)))
+    return ObjectSpec(
+        shape,
+        pattern,
+        (base, second),
+        float(rng.uniform(*TARGET_AREA)),
+        float(rng.uniform(0, 2 * math.pi)),
+        float(rng.uniform(0.3, 0.42)),
+    )
 
 
 def _draw_distractor(rng: np.random.Generator) -> ObjectSpec:
     shape = DISTRACTOR_SHAPES[int(rng.integers(len(DISTRACTOR_SHAPES)))]
     surface = DISTRACTOR_SURFACES[int(rng.integers(len(DISTRACTOR_SURFACES)))]
-    return ObjectSpec(shape, surface, (_random_color(rng), _random_color(rng)), float(rng.uniform(*DISTRACTOR_AREA)),
-                      float(rng.uniform(0, 2 * math.pi)), 1.0)
+    return ObjectSpec(
+        shape,
+        surface,
+        (_random_color(rng), _random_color(rng)),
+        float(rng.uniform(*DISTRACTOR_AREA)),
+        float(rng.uniform(0, 2 * math.pi)),
+        1.0,
+    )
 
 
 def object_radius(spec: ObjectSpec, size: int) -> float:
     """Circumradius in pixels that gives the shape its area (closed forms of each shape's area)."""
-    factor = {"disk": math.pi, "square": 2.0, "triangle": 3 * math.sqrt(3) / 4, "cross": 2.3616,
-              "ring": math.pi * (1 - 0.55**2), "star": math.pi * 0.40375, "ellipse": math.pi / 2.2}[spec.shape]
+    factor = {
+        "disk": math.pi,
+        "square": 2.0,
+        "triangle": 3 * math.sqrt(3) / 4,
+        "cross": 2.3616,
+        "ring": math.pi * (1 - 0.55**2),
+        "star": math.pi * 0.40375,
+        "ellipse": math.pi / 2.2,
+    }[spec.shape]
     return math.sqrt(spec.area * size * size / factor)
 
 
-def _free_position(rng: np.random.Generator, spec: ObjectSpec, size: int, occupied: np.ndarray
-                   ) -> tuple[float, float] | None:
+def _free_position(
+    rng: np.random.Generator, spec: ObjectSpec, size: int, occupied: np.ndarray
+) -> tuple[float, float] | None:
     """A centre (y, x) in [0, 1] that keeps the object inside the image, 2 px clear of the `occupied` pixels."""
     radius = object_radius(spec, size)
     for _ in range(60):
@@ -191,14 +222,21 @@ def draw_context(index: int, split: str = "train", seed: int = 0, size: int = DE
         if where is not None:
             distractors.append(spec)
             positions.append(where)
-    return Context(int(rng.integers(POOL_PHOTOS + POOL_TEXTURES)), (float(rng.uniform()), float(rng.uniform())),
-                   bool(rng.uniform() < 0.5), float(rng.uniform(0.6, 1.2)), float(rng.uniform(0.35, 0.6)),
-                   (float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0.05, 0.2))), tuple(distractors),
-                   tuple(positions))
+    return Context(
+        int(rng.integers(POOL_PHOTOS + POOL_TEXTURES)),
+        (float(rng.uniform()), float(rng.uniform())),
+        bool(rng.uniform() < 0.5),
+        float(rng.uniform(0.6, 1.2)),
+        float(rng.uniform(0.35, 0.6)),
+        (float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0.05, 0.2))),
+        tuple(distractors),
+        tuple(positions),
+    )
 
 
-def place_target(target: ObjectSpec, context: Context, rng: np.random.Generator, size: int
-                 ) -> tuple[tuple[float, float], Context]:
+def place_target(
+    target: ObjectSpec, context: Context, rng: np.random.Generator, size: int
+) -> tuple[tuple[float, float], Context]:
     """A centre (y, x) in [0, 1] for the target, anywhere off the context's distractors, and the context.
 
     If the target finds no free place, the context's last distractors are left out until it does
@@ -220,8 +258,13 @@ def shape_mask(shape: str, u: np.ndarray, v: np.ndarray, radius: float) -> np.nd
         half = radius / math.sqrt(2)
         return (np.abs(u) <= half) & (np.abs(v) <= half)
     if shape == "triangle":  # equilateral: inside the three edges at distance radius / 2 from the centre
-        return np.all([u * math.cos(a) + v * math.sin(a) <= radius / 2 for a in (math.pi / 2 + k * 2 * math.pi / 3
-                                                                                   for k in range(3))], axis=0)
+        return np.all(
+            [
+                u * math.cos(a) + v * math.sin(a) <= radius / 2
+                for a in (math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))
+            ],
+            axis=0,
+        )
     if shape == "cross":
         arm = 0.36 * radius
         return ((np.abs(u) <= arm) & (np.abs(v) <= radius)) | ((np.abs(v) <= arm) & (np.abs(u) <= radius))
@@ -305,9 +348,14 @@ def background_pool(side: int) -> tuple[np.ndarray, ...]:
         h, w = source.shape[:2]
         crop_side = int(rng.integers(min(h, w) // 3, min(h, w) + 1))
         top, left = int(rng.integers(h - crop_side + 1)), int(rng.integers(w - crop_side + 1))
-        crop = torch.from_numpy(np.ascontiguousarray(source[top:top + crop_side, left:left + crop_side]))
-        crop = F.interpolate(crop.permute(2, 0, 1)[None], size=(side, side), mode="bilinear", antialias=True,
-                             align_corners=False)[0].permute(1, 2, 0).numpy()
+        crop = torch.from_numpy(np.ascontiguousarray(source[top : top + crop_side, left : left + crop_side]))
+        crop = (
+            F.interpolate(
+                crop.permute(2, 0, 1)[None], size=(side, side), mode="bilinear", antialias=True, align_corners=False
+            )[0]
+            .permute(1, 2, 0)
+            .numpy()
+        )
         if crop.shape[2] == 1:
             dark, light = np.array(_random_color(rng, value=(0.1, 0.5))), np.array(_random_color(rng, (0.1, 0.6)))
             crop = dark + (light - dark) * crop
@@ -326,17 +374,22 @@ def _background(context: Context, size: int) -> np.ndarray:
     source = background_pool(math.ceil(size * 4 / 3))[context.background]
     spare = source.shape[0] - size
     top, left = round(context.offset[0] * spare), round(context.offset[1] * spare)
-    crop = source[top:top + size, left:left + size]
+    crop = source[top : top + size, left : left + size]
     if context.flipped:
         crop = crop[:, ::-1]
-    blurred = TF.gaussian_blur(torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1), [5, 5],
-                               [context.blur]).permute(1, 2, 0).numpy().astype(np.float64)
+    blurred = (
+        TF.gaussian_blur(torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1), [5, 5], [context.blur])
+        .permute(1, 2, 0)
+        .numpy()
+        .astype(np.float64)
+    )
     mean = blurred.mean(axis=(0, 1), keepdims=True)
     return mean + (blurred - mean) * context.contrast
 
 
-def compose(target: ObjectSpec, center: tuple[float, float], context: Context, size: int = DEFAULT_SIZE
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def compose(
+    target: ObjectSpec, center: tuple[float, float], context: Context, size: int = DEFAULT_SIZE
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Render `target` at `center` into `context`: (image, instance map, context image, bare background).
 
     Images are 3xHxW float tensors quantised to multiples of 1/255, the instance map HxW uint8.
@@ -372,8 +425,17 @@ def render_scene(index: int, split: str = "train", seed: int = 0, size: int = DE
     center, context = place_target(target, context, _rng(seed, split, index, 3), size)
     image, objects, without_target, background = compose(target, center, context, size)
     params = {"target": target, "center": center, "context": context}
-    return Scene(image=image, objects=objects, label=int(target.label), context=without_target, background=background,
-                 split=split, index=int(index), seed=int(seed), params=params)
+    return Scene(
+        image=image,
+        objects=objects,
+        label=int(target.label),
+        context=without_target,
+        background=background,
+        split=split,
+        index=int(index),
+        seed=int(seed),
+        params=params,
+    )
 
 
 @dataclass
@@ -416,8 +478,14 @@ def _source_digest() -> str:
     return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
 
 
-def load_split(split: str = "train", n: int | None = None, seed: int = 0, size: int = DEFAULT_SIZE,
-               cache: bool = True, cache_dir: str | Path | None = None) -> SceneSet:
+def load_split(
+    split: str = "train",
+    n: int | None = None,
+    seed: int = 0,
+    size: int = DEFAULT_SIZE,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+) -> SceneSet:
     """The first `n` scenes (default: the split's fixed size) of a split, as tensors.
 
     Rendered once and cached under <repo>/.cache/scenes (keyed by the arguments and this file's
@@ -440,9 +508,13 @@ def load_split(split: str = "train", n: int | None = None, seed: int = 0, size: 
     def stack(name: str) -> torch.Tensor:
         return torch.stack([torch.round(getattr(s, name) * 255).to(torch.uint8) for s in scenes])
 
-    arrays = {"images": stack("image"), "contexts": stack("context"), "backgrounds": stack("background"),
-              "objects": torch.stack([s.objects for s in scenes]),
-              "labels": torch.tensor([s.label for s in scenes], dtype=torch.long)}
+    arrays = {
+        "images": stack("image"),
+        "contexts": stack("context"),
+        "backgrounds": stack("background"),
+        "objects": torch.stack([s.objects for s in scenes]),
+        "labels": torch.tensor([s.label for s in scenes], dtype=torch.long),
+    }
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")

@@ -1,9 +1,10 @@
-"""Seeded views as the paper builds its pairs: pure view, SimCLR augmented view, no-shift view, averaged-transform families.
+"""Seeded views as the paper builds its pairs: pure, SimCLR augmented, no-shift views and averaged-transform families.
 
 Every random draw comes from an explicit torch.Generator, so the same seed gives the same view bit for
 bit. Sizes stated at 224 px (blur kernels and sigmas) are scaled with the output side. Images are float
 tensors in [0, 1], 3xHxW or 1x3xHxW; views are returned as 1x3xHxW. Masks (HxW) follow the geometry.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,7 +43,12 @@ class ViewParams:
         """Map a source mask (HxW) into this view with nearest-neighbour resampling."""
         top, left, height, width = self.crop
         out = TF.resized_crop(
-            mask[None].to(torch.uint8), top, left, height, width, list(self.size),
+            mask[None].to(torch.uint8),
+            top,
+            left,
+            height,
+            width,
+            list(self.size),
             interpolation=TF.InterpolationMode.NEAREST,
         )[0]
         if self.flipped:
@@ -72,8 +78,11 @@ def _coin(generator: torch.Generator, p: float) -> bool:
 
 
 def sample_crop(
-    height: int, width: int, generator: torch.Generator,
-    scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> tuple[int, int, int, int]:
     """A random-resized-crop box (top, left, h, w): area fraction in `scale`, aspect in `ratio` (log-uniform).
 
@@ -101,8 +110,12 @@ def sample_crop(
 
 
 def color_jitter(
-    image: torch.Tensor, generator: torch.Generator,
-    brightness: float, contrast: float, saturation: float, hue: float,
+    image: torch.Tensor,
+    generator: torch.Generator,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
 ) -> torch.Tensor:
     """Colour jitter with factors drawn from the generator, applied in a random order."""
     factors = {
@@ -137,15 +150,27 @@ def solarize(image: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     return torch.where(image >= threshold, 1 - image, image)
 
 
-def random_blur(image: torch.Tensor, generator: torch.Generator, side: int,
-                kernel: int = 21, sigma: tuple[float, float] = (0.1, 2.0)) -> torch.Tensor:
+def random_blur(
+    image: torch.Tensor,
+    generator: torch.Generator,
+    side: int,
+    kernel: int = 21,
+    sigma: tuple[float, float] = (0.1, 2.0),
+) -> torch.Tensor:
     """Gaussian blur with a random sigma; kernel and sigma range scaled from 224 px to `side`."""
     s = _uniform(generator, scale_sigma(sigma[0], side), scale_sigma(sigma[1], side))
     return gaussian_blur(image, scale_kernel(kernel, side), s)
 
 
-def photometric(image: torch.Tensor, generator: torch.Generator, side: int,
-                jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, gray_p=0.2, blur_p: float | None = 0.5) -> torch.Tensor:
+def photometric(
+    image: torch.Tensor,
+    generator: torch.Generator,
+    side: int,
+    jitter=(0.8, 0.8, 0.8, 0.2),
+    jitter_p=0.8,
+    gray_p=0.2,
+    blur_p: float | None = 0.5,
+) -> torch.Tensor:
     """The colour part of the SimCLR recipe: jitter (p), grayscale (p), then blur (p; None = no blur)."""
     if _coin(generator, jitter_p):
         image = color_jitter(image, generator, *jitter)
@@ -202,8 +227,14 @@ def simclr_view(
 
 
 def no_shift_view(
-    image: torch.Tensor, size: int, generator: torch.Generator, erase: bool = False,
-    erase_p: float = 0.5, erase_scale=(0.02, 0.33), erase_ratio=(0.3, 3.3), erase_value: float = 0.0,
+    image: torch.Tensor,
+    size: int,
+    generator: torch.Generator,
+    erase: bool = False,
+    erase_p: float = 0.5,
+    erase_scale=(0.02, 0.33),
+    erase_ratio=(0.3, 3.3),
+    erase_value: float = 0.0,
 ) -> torch.Tensor:
     """Pixel-aligned augmentation: resize to size x size, jitter (p .8), grayscale (p .2), optional erasing."""
     image = TF.resize(as_batch(image), [size, size], antialias=True).clamp(0, 1)
@@ -211,12 +242,15 @@ def no_shift_view(
     if erase and _coin(generator, erase_p):
         top, left, h, w = sample_crop(size, size, generator, erase_scale, erase_ratio)
         view = view.clone()
-        view[..., top:top + h, left:left + w] = erase_value
+        view[..., top : top + h, left : left + w] = erase_value
     return view
 
 
 def averaged_transform(image: torch.Tensor, family: str, generator: torch.Generator) -> torch.Tensor:
-    """A pixel-aligned transformed copy of `image` for Averaged Transforms (the paper's transform families, each applied with p=1)."""
+    """A pixel-aligned transformed copy of `image` for Averaged Transforms.
+
+    The paper's transform families, each applied with p=1.
+    """
     image = as_batch(image)
     side = min(image.shape[-2:])
     if family == "color_jitter":

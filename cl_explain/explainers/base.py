@@ -1,4 +1,5 @@
 """The pair-explanation API: one result type, one registry from names to methods, one entry point."""
+
 from __future__ import annotations
 
 import time
@@ -9,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from ..models.similarity import SimilarityModel
+from ..params import check_common, method_arguments
 from ..precision import PRECISIONS, bf16_supported, precision_context  # noqa: F401 (re-exported)
-from ..utils import check_batch_size, check_image, resolve_batch_size, scale_batch, scale_kernel, scale_length, scale_sigma
+from ..utils import check_image, resolve_batch_size, scale_batch, scale_kernel, scale_length, scale_sigma
 
 #: Parameters every method accepts (where they apply), with their defaults.
 COMMON_PARAMS: dict[str, Any] = {"batch_size": 64, "blur": False, "precision": "fp32"}
@@ -54,9 +56,7 @@ def resize_map(saliency: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if saliency.dim() == 4 and saliency.shape[:2] == (1, 1):
         saliency = saliency[0, 0]
     if saliency.dim() != 2 or min(saliency.shape) < 1:
-        raise ValueError(
-            f"a saliency map must be a 2-D tensor h x w (or 1x1xhxw), got shape {tuple(saliency.shape)}"
-        )
+        raise ValueError(f"a saliency map must be a 2-D tensor h x w (or 1x1xhxw), got shape {tuple(saliency.shape)}")
     if not torch.isfinite(saliency).all():
         raise ValueError("saliency map contains NaN or infinite values; recompute the explanation")
     saliency = saliency.float()
@@ -168,10 +168,10 @@ def resolve_params(spec: MethodSpec, side: int, params: dict[str, Any]) -> dict[
         if key not in params and resolved[key] is not None:
             resolved[key] = _SCALERS[kind](resolved[key], side)
     resolved.update(params)
-    for key, options in {**spec.choices, "precision": PRECISIONS}.items():
+    for key, options in spec.choices.items():
         if resolved[key] not in options:
             raise ValueError(f"{spec.name}: {key}={resolved[key]!r} is not one of {options}")
-    check_batch_size(resolved["batch_size"])
+    check_common(resolved, spec.name)
     return resolved
 
 
@@ -191,6 +191,27 @@ def explain(
     **params: Any,
 ) -> PairExplanation:
     """Explain S(x1, x2) = cos(f(x1), f(x2)) with a registered method; see `list_methods()`."""
+    return _explain(model, x1, x2, method, params, in_range=True)
+
+
+def explain_perturbed(
+    model: SimilarityModel, x1: torch.Tensor, x2: torch.Tensor | None, method: str, **params: Any
+) -> PairExplanation:
+    """`explain` for images that added noise may have pushed slightly outside [0, 1] (max-sensitivity).
+
+    Every other check of `explain` applies; the similarity is not computed (it is NaN).
+    """
+    return _explain(model, x1, x2, method, params, in_range=False)
+
+
+def _explain(
+    model: SimilarityModel,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    method: str,
+    params: dict[str, Any],
+    in_range: bool,
+) -> PairExplanation:
     spec = get_method(method)
     if not isinstance(model, SimilarityModel):
         raise TypeError(
@@ -203,9 +224,9 @@ def explain(
             f"{model.name!r} is not one; load a ViT (e.g. load_model('dino-vits16', checkpoint=...)) or pick "
             "a method that works on any model (occlusion, gradcam, interaction_cam, ...)"
         )
-    check_image(x1, "x1")
+    check_image(x1, "x1", in_range)
     if x2 is not None:
-        check_image(x2, "x2")
+        check_image(x2, "x2", in_range)
     elif spec.needs_pair:
         raise ValueError(f"method {method!r} explains a pair: pass x2")
     side = min(x1.shape[-2:])
@@ -221,21 +242,10 @@ def explain(
         if resolved["batch_size"] == "auto":  # from free memory on a GPU, the method's default elsewhere
             default = resolve_params(spec, side, {k: v for k, v in params.items() if k != "batch_size"})["batch_size"]
             resolved["batch_size"] = resolve_batch_size("auto", model, x1, default, spec.gradient_batches)
-        method_params = {k: v for k, v in resolved.items() if k in spec.defaults or k == "batch_size"}
-        map1, map2 = spec.function(model, x1, x2, **method_params)
-    maps = []
-    for m in (map1, map2):
-        if m is None:
-            maps.append(None)
-            continue
-        m = m.detach().float().cpu()
-        if not torch.isfinite(m).all():
-            raise RuntimeError(f"method {method!r} produced a non-finite map; this is a bug, please report it")
-        if resolved["blur"]:
-            m = display_blur(m, side)
-        maps.append(m)
+        map1, map2 = spec.function(model, x1, x2, **method_arguments(spec.defaults, resolved))
+    maps = [None if m is None else _finished_map(m, method, resolved["blur"], side) for m in (map1, map2)]
     seconds = time.perf_counter() - start
-    similarity = model.score(x1, x2) if x2 is not None else float("nan")
+    similarity = model.score(x1, x2) if x2 is not None and in_range else float("nan")
     return PairExplanation(
         method=method,
         map1=maps[0],
@@ -246,6 +256,14 @@ def explain(
         image_size=tuple(x1.shape[-2:]),
         partner=None if partner is None else partner.detach().cpu(),
     )
+
+
+def _finished_map(saliency: torch.Tensor, method: str, blur: bool, side: int) -> torch.Tensor:
+    """A method's raw map as a finite float CPU tensor, display-blurred if asked."""
+    saliency = saliency.detach().float().cpu()
+    if not torch.isfinite(saliency).all():
+        raise RuntimeError(f"method {method!r} produced a non-finite map; this is a bug, please report it")
+    return display_blur(saliency, side) if blur else saliency
 
 
 def _load_all_methods() -> None:

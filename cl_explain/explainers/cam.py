@@ -1,10 +1,11 @@
-"""Class-activation explainers of a pair (the paper's pair Grad-CAM baseline and its Interaction-CAM): pair Grad-CAM and Interaction-CAM.
+"""Class-activation explainers of a pair: the paper's pair Grad-CAM baseline and its Interaction-CAM.
 
 Both need the last-stage feature maps F1, F2 and the gradients G_k = dS/dF_k of the similarity
 S = cos(f(x1), f(x2)). The backbone runs once under no_grad; only the pooling + head part is
 differentiated (torch.autograd.grad w.r.t. the feature maps), so parameter .grad is never touched.
 Maps are at feature resolution (h x w), raw (not normalised).
 """
+
 from __future__ import annotations
 
 import torch

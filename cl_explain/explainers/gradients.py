@@ -5,6 +5,7 @@ only (`torch.autograd.grad`; parameter `.grad` fields are never written). Pairs 
 independent (eval-mode BatchNorm), so a batch of B pairs needs one forward and one backward pass:
 the gradient of sum_b S_b with respect to pair b's images is the gradient of S_b alone.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -114,7 +115,8 @@ def noise_sigma(image: torch.Tensor, rule: str = "paper") -> float:
     if rule == "paper":
         if spread == 0:
             raise ValueError(
-                "the paper's noise rule 0.15 / (max - min) is undefined for a constant image; use noise_rule='canonical'"
+                "the paper's noise rule 0.15 / (max - min) is undefined for a constant image; "
+                "use noise_rule='canonical'"
             )
         return NOISE_LEVEL / spread
     raise ValueError(f"unknown noise_rule {rule!r}; choose one of {NOISE_RULES}")

@@ -5,6 +5,7 @@ stay aligned) are labelled with y_t = cos(f(pure), f(a_t)). A linear surrogate o
 to s x s, pred_t = (w.pure + b + w.a_t + b) / 2, is fitted to the labels with binary cross-entropy on
 logits (summed) + l1 * (|w|_1 + |b|) by full-batch SGD. Its weights, as an image, are the map.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,10 +31,7 @@ def invariance_views(image: torch.Tensor, seed: int, start: int, stop: int) -> t
     and results do not depend on how the sequence is batched.
     """
     side = image.shape[-1]
-    views = [
-        no_shift_view(image, side, cpu_generator(_view_seed(seed, t)), erase=True)
-        for t in range(start, stop)
-    ]
+    views = [no_shift_view(image, side, cpu_generator(_view_seed(seed, t)), erase=True) for t in range(start, stop)]
     return torch.cat(views)
 
 
@@ -51,7 +49,9 @@ def fit_surrogate(
     nmf_targets: torch.Tensor | None = None,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full-batch gradient descent on the M9 surrogate (plain SGD, no momentum); returns (w, b), w flattened like one image.
+    """Full-batch gradient descent on the M9 surrogate (plain SGD, no momentum).
+
+    Returns (w, b), w flattened like one image.
 
     pure: D, views: T x D (flattened surrogate images), labels: T. With `nmf_targets` (T) the loss also
     has MSE(sigmoid(pred), nmf_targets). Parameters start from nn.Linear's default uniform
@@ -110,8 +110,14 @@ def _shrink(images: torch.Tensor, side: int) -> torch.Tensor:
 @register_method(
     "pixel_invariance",
     {
-        "samples": 1000, "nmf": False, "epochs": None, "lr": 0.1, "l1": 0.2,
-        "surrogate_side": PAPER_SURROGATE_SIDE, "nmf_components": 10, "seed": 0,
+        "samples": 1000,
+        "nmf": False,
+        "epochs": None,
+        "lr": 0.1,
+        "l1": 0.2,
+        "surrogate_side": PAPER_SURROGATE_SIDE,
+        "nmf_components": 10,
+        "seed": 0,
     },
     scaled={"surrogate_side": "length"},
     needs_pair=False,

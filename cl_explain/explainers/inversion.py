@@ -4,6 +4,7 @@ Both optimise an image in [0, 1] pixel space through the model's own preprocessi
 inversion code fed unnormalised pixels to a normalised network; we do not). Gradients are
 taken with respect to the image only; the model is never modified.
 """
+
 from __future__ import annotations
 
 import math
@@ -93,8 +94,10 @@ def invert_features(
     if optimizer not in INVERSION_OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {INVERSION_OPTIMIZERS}, got {optimizer!r}")
     if optimizer == "adam" and lr_decay_every is not None:
-        raise ValueError("lr_decay_every is the paper's SGD schedule; pass optimizer='paper-sgd' or drop it "
-                         "(Adam follows a cosine schedule)")
+        raise ValueError(
+            "lr_decay_every is the paper's SGD schedule; pass optimizer='paper-sgd' or drop it "
+            "(Adam follows a cosine schedule)"
+        )
     lr = DEFAULT_INVERSION_LR[optimizer] if lr is None else float(lr)
     model = backbone_model
     image = image.to(model.device)

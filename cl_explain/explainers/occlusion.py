@@ -4,6 +4,7 @@ All three run under no_grad, embed each unperturbed image once, and build pertur
 batch (`batch_size` at a time) with tensor masks, so memory stays bounded whatever the grid size.
 The grid helpers (`occlusion_grid`, `rectangle_masks`, `embed_occluded`) are public for reuse.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from ..models.similarity import SimilarityModel, cosine, embed_stream
+from .._deprecated import deprecated_alias
+from ..maps import minmax
 from .base import register_method
 from ..utils import cpu_generator
 
@@ -75,14 +78,15 @@ class OcclusionGrid:
 
 def occlusion_grid(height: int, width: int, window: int, stride: int) -> OcclusionGrid:
     """Validated grid of occluding windows (e.g. 224 px, window 64, stride 8 -> a 21x21 map)."""
-    for name, value in (("window", window), ("stride", stride)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"occlusion {name} must be a positive integer number of pixels, got {value!r}")
-    if window > min(height, width):
-        raise ValueError(
-            f"occlusion window ({window} px) is larger than the image ({height}x{width} px); "
-            f"pass window <= {min(height, width)} (the default scales with the image side)"
-        )
+    check_window(
+        window,
+        stride,
+        (height, width),
+        "occlusion",
+        "pixels",
+        f"the image ({height}x{width} px)",
+        "the default scales with the image side",
+    )
     return OcclusionGrid(int(height), int(width), window, stride)
 
 
@@ -107,17 +111,25 @@ def embed_occluded(
     return embed_stream(model, len(grid), make_batch, batch_size)
 
 
+def check_window(window: int, stride: int, grid: tuple[int, int], owner: str, unit: str, area: str, hint: str) -> None:
+    """Window and stride are positive ints and the window fits the `grid` (rows, cols) it slides over."""
+    for name, value in (("window", window), ("stride", stride)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{owner} {name} must be a positive integer number of {unit}, got {value!r}")
+    if window > min(grid):
+        raise ValueError(f"{owner} window ({window} {unit}) is larger than {area}; pass window <= {min(grid)} ({hint})")
+
+
 def _grid(x: torch.Tensor, window: int, stride: int) -> OcclusionGrid:
     return occlusion_grid(x.shape[-2], x.shape[-1], window, stride)
 
 
-def minmax_normalise(saliency: torch.Tensor) -> torch.Tensor:
-    """Rescale a map to [0, 1]; a constant map becomes all zeros (never NaN)."""
-    low, high = saliency.min(), saliency.max()
-    span = high - low
-    if not torch.isfinite(span) or span <= 0:
-        return torch.zeros_like(saliency)
-    return (saliency - low) / span
+def _scaled(heat: torch.Tensor) -> torch.Tensor:
+    """An occlusion map in [0, 1]; a constant map (no window changes S more than another) is all zeros."""
+    return minmax(heat, constant=0.0)
+
+
+minmax_normalise = deprecated_alias("minmax_normalise", "cl_explain.maps.minmax(saliency, constant=0.0)", _scaled)
 
 
 @register_method("occlusion", _WINDOW_DEFAULTS, scaled=_WINDOW_SCALED, sensitivity=False)
@@ -149,7 +161,7 @@ def context_agnostic_occlusion(
         masked = embed_occluded(model, x, grid, batch_size)
         window_only = embed_occluded(model, x, grid, batch_size, keep_window=True)
         heat = cosine(window_only - masked, other).view(grid.shape)
-        maps.append(minmax_normalise(heat))
+        maps.append(_scaled(heat))
     return maps[0], maps[1]
 
 

@@ -9,6 +9,7 @@ top. The map is the row of the pooled token -- the CLS token, or the mean of the
 mean-pooled model -- at the patch columns, on the patch grid. It uses attention only: values,
 MLPs and the other image play no part, which is why it serves as a baseline, not a pair method.
 """
+
 from __future__ import annotations
 
 import torch

@@ -15,13 +15,15 @@ value per window position, like the pixel occlusion map.
 
 The prefix tokens (CLS, registers) are always kept.
 """
+
 from __future__ import annotations
 
 import torch
 
 from ..models.similarity import SimilarityModel, cosine
 from .base import register_method
-from .occlusion import OcclusionGrid, minmax_normalise
+from ..maps import minmax
+from .occlusion import OcclusionGrid, check_window
 
 VARIANTS = ("conditional", "context_agnostic")
 #: Default window: the share of the image side that the pixel occlusion's 64 px window covers at 224 px.
@@ -32,16 +34,19 @@ def token_grid(rows: int, cols: int, window: int | None, stride: int) -> Occlusi
     """Windows over a rows x cols patch grid, sizes in patches (window=None: 2/7 of the shorter side)."""
     if window is None:
         window = max(1, round(WINDOW_SHARE * min(rows, cols)))
-    for name, value in (("window", window), ("stride", stride)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"token occlusion {name} must be a positive integer number of patches, got {value!r}")
-    if window > min(rows, cols):
-        raise ValueError(
-            f"token occlusion window ({window} patches) is larger than the {rows} x {cols} patch grid; "
-            f"pass window <= {min(rows, cols)} (or window=None for 2/7 of the grid side)"
-        )
+    check_window(
+        window,
+        stride,
+        (rows, cols),
+        "token occlusion",
+        "patches",
+        f"the {rows} x {cols} patch grid",
+        "or window=None for 2/7 of the grid side",
+    )
     if window * window == rows * cols:
-        raise ValueError(f"a {window} x {window} window removes every patch of the {rows} x {cols} grid; pass a smaller window")
+        raise ValueError(
+            f"a {window} x {window} window removes every patch of the {rows} x {cols} grid; pass a smaller window"
+        )
     return OcclusionGrid(rows, cols, window, stride)
 
 
@@ -95,5 +100,5 @@ def token_occlusion(
             maps.append((base - cosine(removed, other)).view(grid.shape))
         else:
             alone = embed_without_windows(model, x, grid, batch_size, keep_window=True)
-            maps.append(minmax_normalise(cosine(alone - removed, other).view(grid.shape)))
+            maps.append(minmax(cosine(alone - removed, other).view(grid.shape), constant=0.0))
     return maps[0], maps[1]

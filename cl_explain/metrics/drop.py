@@ -12,6 +12,7 @@ Each map is min-max normalised to [0, 1] and used as a soft mask, x~ = map * x. 
   drop is reported as undefined (None here; the harness marks it "not applicable" and leaves it out)
   while the increase 1[score > base] is still defined.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,7 +23,11 @@ import torch
 from ..explainers.base import resize_map
 from ..models.similarity import SimilarityModel, cosine, embed_stream
 from ..precision import precision_context
+from .._deprecated import deprecated_alias
+from ..maps import minmax
 from ..utils import to_device
+from .common import MetricNotApplicable, ScoredPair, directional
+from .registry import register_metric
 
 
 @dataclass(frozen=True)
@@ -35,17 +40,13 @@ class DropResult:
     increase: float
 
 
-def normalise_map(saliency: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise to [0, 1]; a constant map becomes all ones (no preference: keep the image)."""
-    return normalise_maps(saliency[None])[0]
+def mask_weights(maps: torch.Tensor) -> torch.Tensor:
+    """The soft masks of a map or a B x H x W stack: min-max scaled, a constant map all ones (keep the image)."""
+    return minmax(maps.float(), constant=1.0)
 
 
-def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
-    """`normalise_map` of each map of a B x H x W stack at once."""
-    maps = maps.float()
-    low, high = maps.amin(dim=(1, 2), keepdim=True), maps.amax(dim=(1, 2), keepdim=True)
-    span = high - low
-    return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1.0), 1.0)
+normalise_map = deprecated_alias("normalise_map", "cl_explain.metrics.drop.mask_weights", mask_weights)
+normalise_maps = deprecated_alias("normalise_maps", "cl_explain.metrics.drop.mask_weights", mask_weights)
 
 
 def masked_image(model: SimilarityModel, x: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
@@ -55,7 +56,7 @@ def masked_image(model: SimilarityModel, x: torch.Tensor, saliency: torch.Tensor
 
 def masked_images(model: SimilarityModel, images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
     """`masked_image` of a batch: images B x 3 x H x W, maps B x H x W (already at the image size)."""
-    weight = normalise_maps(maps).to(images.device)[:, None]
+    weight = mask_weights(maps).to(images.device)[:, None]
     zero = model.zero_pixel.to(device=images.device, dtype=images.dtype)
     return zero + weight * (images - zero)
 
@@ -107,6 +108,7 @@ def drop_increase_many(
 
     embeddings: dict[tuple[int, int], torch.Tensor] = {}
     for size, group in recipes.items():
+
         def make_batch(lo: int, hi: int, group=group, size=size) -> torch.Tensor:
             rows = group[lo:hi]
             masked = [(moved(x), moved(s, size)) for _, _, x, s in rows if s is not None]
@@ -133,3 +135,66 @@ def _results(embeddings: dict[tuple[int, int], torch.Tensor], index: int, both: 
         result["conditional_2"] = drop_and_increase(base, scores[1])
         result["simultaneous"] = drop_and_increase(base, scores[2])
     return result
+
+
+@register_metric(
+    "average_drop_simultaneous",
+    family="drop",
+    higher_is_better=False,
+    abbreviation="SAD",
+    paper_column=5,
+    pair=True,
+    options={"precision": "fp32"},
+    description="relative score drop, both images masked by their maps",
+)
+@register_metric(
+    "average_increase_simultaneous",
+    family="drop",
+    higher_is_better=True,
+    abbreviation="SIC",
+    paper_column=6,
+    pair=True,
+    options={"precision": "fp32"},
+    description="score increase indicator, both images masked",
+)
+@register_metric(
+    "average_drop_conditional",
+    family="drop",
+    higher_is_better=False,
+    abbreviation="CAD",
+    paper_column=7,
+    options={"precision": "fp32"},
+    description="relative score drop, one image masked (mean of directions)",
+)
+@register_metric(
+    "average_increase_conditional",
+    family="drop",
+    higher_is_better=True,
+    abbreviation="CID",
+    paper_column=8,
+    options={"precision": "fp32"},
+    description="score increase indicator, one image masked (mean of directions)",
+)
+def _drop_family(model: SimilarityModel, items: Sequence[ScoredPair], options: dict) -> list[dict]:
+    """Drop/increase of every item, the images of all items embedded in shared batches."""
+    raw = drop_increase_many(
+        model, [(item.x1, item.x2, *item.maps) for item in items], options["precision"], options["batch_size"]
+    )
+    return [_drop_values(results, item.metrics) for item, results in zip(items, raw)]
+
+
+def _drop_values(results: dict[str, DropResult], names: Sequence[str]) -> dict:
+    """The requested drop/increase metrics from one pair's `drop_increase` results."""
+    out: dict = {}
+    for name in names:
+        stat = "drop" if name.startswith("average_drop") else "increase"
+        directions = {0: "simultaneous"} if name.endswith("simultaneous") else {1: "conditional_1", 2: "conditional_2"}
+        found = {d: getattr(results[key], stat) for d, key in directions.items() if key in results}
+        if any(v is None for v in found.values()):
+            base = next(iter(results.values())).base
+            out[name] = MetricNotApplicable(
+                f"{name}: the relative drop is undefined because S(x1, x2) = {base:.4f} <= 0"
+            )
+        else:
+            out[name] = {name: found[0]} if 0 in found else directional(name, found)
+    return out

@@ -14,12 +14,17 @@ Maps are bilinearly resized to the mask (= image) size first.
 
 An empty mask (the object is not visible in this view, e.g. cropped away) is `MetricNotApplicable`.
 """
+
 from __future__ import annotations
+
+from typing import Any, Sequence
 
 import torch
 
 from ..explainers.base import resize_map
-from .common import MetricNotApplicable
+from ..models.similarity import SimilarityModel
+from .common import MetricNotApplicable, ScoredPair, directional
+from .registry import register_metric
 
 #: Pixels within this fraction of the map's range below its maximum are tied with the maximum.
 PEAK_TOLERANCE = 1e-4
@@ -59,3 +64,65 @@ def energy_pointing_game(saliency: torch.Tensor, mask: torch.Tensor) -> float:
     if total <= 0:
         raise MetricNotApplicable("the map has no positive values, so the energy pointing game is undefined")
     return float(energy[mask].sum()) / total
+
+
+def _checked_masks(
+    masks: Any, map2: torch.Tensor | None, size: tuple[int, int], metric: str
+) -> list[torch.Tensor | None]:
+    """The masks the maps need, validated; None for a view whose mask is empty (object not visible)."""
+    needed = 1 if map2 is None else 2
+    masks = list(masks) if masks is not None else []
+    if len(masks) < needed or any(m is None for m in masks[:needed]):
+        raise ValueError(
+            f"{metric} needs ground-truth object masks for {'x1' if needed == 1 else 'both images'}: pass "
+            "masks=(mask1, mask2) to evaluate_pair, or pairs with mask1/mask2 to evaluate"
+        )
+    checked = []
+    for i, m in enumerate(masks[:needed], start=1):
+        try:
+            checked.append(check_mask(m, size, f"mask{i}"))
+        except MetricNotApplicable:
+            checked.append(None)
+    return checked
+
+
+_GAMES = {"pointing_game": pointing_game, "energy_pointing_game": energy_pointing_game}
+
+
+@register_metric(
+    "pointing_game",
+    family="grounding",
+    higher_is_better=True,
+    abbreviation="PG",
+    needs_masks=True,
+    description="map maximum inside the object mask (mean over the views showing it)",
+)
+@register_metric(
+    "energy_pointing_game",
+    family="grounding",
+    higher_is_better=True,
+    abbreviation="EPG",
+    needs_masks=True,
+    description="share of positive map energy inside the object mask",
+)
+def _grounding_family(model: SimilarityModel, items: Sequence[ScoredPair], options: dict) -> list[dict]:
+    """Both pointing games of every item, per view that shows the object."""
+    out = []
+    for item in items:
+        checked = _checked_masks(item.masks, item.maps[1], tuple(item.x1.shape[-2:]), item.metrics[0])
+        visible = {
+            i: (m, k) for i, (m, k) in enumerate(zip(item.maps, checked), start=1) if m is not None and k is not None
+        }
+        values: dict = {}
+        for name in item.metrics:
+            if not visible:
+                values[name] = MetricNotApplicable(
+                    f"{name}: the object mask is empty in every view, so grounding is undefined"
+                )
+                continue
+            try:
+                values[name] = directional(name, {i: _GAMES[name](m, k) for i, (m, k) in visible.items()})
+            except MetricNotApplicable as reason:
+                values[name] = reason
+        out.append(values)
+    return out

@@ -18,6 +18,7 @@ Perturbed images are made batch by batch from a rank map (pixel rank < count) an
 of one image's perturbation sequence serve both the simultaneous curve and the conditional curve
 of that image, so `perturbation_curves` embeds each sequence once.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ import torch
 from ..explainers.base import PairExplanation, resize_map
 from ..models.similarity import SimilarityModel, cosine, embed_stream
 from ..precision import precision_context
+from .common import ScoredPair, directional
+from .registry import register_metric
 from ..utils import scale_kernel, scale_sigma
 
 #: Insertion start blur at 224 px (kernel, sigma), scaled with the image side.
@@ -194,7 +197,9 @@ def perturbation_curves(
     partners = {}
     with precision_context(precision, model, mode):
         if "conditional_1" in which and "conditional_2" in which:
-            partners["conditional_1"], partners["conditional_2"] = model.embed_pair(x2.to(model.device), x1.to(model.device))
+            partners["conditional_1"], partners["conditional_2"] = model.embed_pair(
+                x2.to(model.device), x1.to(model.device)
+            )
         elif "conditional_1" in which:
             partners["conditional_1"] = model.embed(x2.to(model.device)).float()
         elif "conditional_2" in which:
@@ -211,15 +216,25 @@ def perturbation_curves(
 
 
 def simultaneous_curve(
-    model: SimilarityModel, x1: torch.Tensor, x2: torch.Tensor, map1: torch.Tensor, map2: torch.Tensor,
-    mode: str, **options,
+    model: SimilarityModel,
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    map1: torch.Tensor,
+    map2: torch.Tensor,
+    mode: str,
+    **options,
 ) -> Curve:
     """SI / SD: both images perturbed at the same step, each by its own map; s_i = cos(f(x1_i), f(x2_i))."""
     return perturbation_curves(model, x1, x2, map1, map2, mode, ("simultaneous",), **options)["simultaneous"]
 
 
 def conditional_curve(
-    model: SimilarityModel, x: torch.Tensor, other: torch.Tensor, saliency: torch.Tensor, mode: str, **options,
+    model: SimilarityModel,
+    x: torch.Tensor,
+    other: torch.Tensor,
+    saliency: torch.Tensor,
+    mode: str,
+    **options,
 ) -> Curve:
     """CI / CD in one direction: `x` perturbed by `saliency`, `other` intact (embedded once)."""
     return perturbation_curves(model, x, other, saliency, None, mode, ("conditional_1",), **options)["conditional_1"]
@@ -259,6 +274,82 @@ def mean_curves(
         stacked = np.stack(rows)
         mean = stacked.mean(axis=0)
         half = 1.96 * stacked.std(axis=0, ddof=1) / np.sqrt(len(rows)) if len(rows) > 1 else np.zeros_like(mean)
-        out[label] = {"fractions": fractions[label], "mean": mean, "low": mean - half, "high": mean + half,
-                      "auc": float(np.mean(aucs[label])), "n": len(rows)}
+        out[label] = {
+            "fractions": fractions[label],
+            "mean": mean,
+            "low": mean - half,
+            "high": mean + half,
+            "auc": float(np.mean(aucs[label])),
+            "n": len(rows),
+        }
     return out
+
+
+def _curve_family(mode: str):
+    """The registered family function of `mode`: its simultaneous and conditional AUCs, one call per pair."""
+
+    def compute(model: SimilarityModel, items: Sequence[ScoredPair], options: Mapping) -> list[dict]:
+        sim, cond = f"{mode}_simultaneous", f"{mode}_conditional"
+        out = []
+        for item in items:
+            map1, map2 = item.maps
+            which = (["simultaneous"] if sim in item.metrics else []) + (
+                ["conditional_1"] + (["conditional_2"] if map2 is not None else []) if cond in item.metrics else []
+            )
+            keys = ("step", "substrate", "insertion_start", "batch_size", "precision")
+            curves = perturbation_curves(
+                model, item.x1, item.x2, map1, map2, mode, tuple(which), **{k: options[k] for k in keys}
+            )
+            values = {}
+            if sim in item.metrics:
+                values[sim] = {sim: curves["simultaneous"].auc}
+            if cond in item.metrics:
+                values[cond] = directional(
+                    cond, {d: curves[f"conditional_{d}"].auc for d in (1, 2) if f"conditional_{d}" in curves}
+                )
+            out.append(values)
+        return out
+
+    return compute
+
+
+_CURVE_OPTIONS = {"step": None, "precision": "fp32"}
+_insertion, _deletion = _curve_family("insertion"), _curve_family("deletion")
+register_metric(
+    "insertion_simultaneous",
+    family="insertion",
+    higher_is_better=True,
+    abbreviation="SI",
+    paper_column=1,
+    pair=True,
+    options={**_CURVE_OPTIONS, "insertion_start": "blur"},
+    description="insertion AUC, both images perturbed",
+)(_insertion)
+register_metric(
+    "insertion_conditional",
+    family="insertion",
+    higher_is_better=True,
+    abbreviation="CI",
+    paper_column=3,
+    options={**_CURVE_OPTIONS, "insertion_start": "blur"},
+    description="insertion AUC, one image perturbed (mean of directions)",
+)(_insertion)
+register_metric(
+    "deletion_simultaneous",
+    family="deletion",
+    higher_is_better=False,
+    abbreviation="SD",
+    paper_column=2,
+    pair=True,
+    options={**_CURVE_OPTIONS, "substrate": "zero"},
+    description="deletion AUC, both images perturbed",
+)(_deletion)
+register_metric(
+    "deletion_conditional",
+    family="deletion",
+    higher_is_better=False,
+    abbreviation="CD",
+    paper_column=4,
+    options={**_CURVE_OPTIONS, "substrate": "zero"},
+    description="deletion AUC, one image perturbed (mean of directions)",
+)(_deletion)

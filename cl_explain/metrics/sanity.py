@@ -1,4 +1,6 @@
-"""Sanity checks (beyond the paper: explanations must change when the weights do): cascading model-parameter randomisation and a random-map baseline.
+"""Sanity checks beyond the paper: cascading model-parameter randomization and a random-map baseline.
+
+Explanations must change when the weights do.
 
 Randomisation test (after Adebayo et al., "Sanity checks for saliency maps", 2018): on a deep copy of
 the model (the model passed in is never modified), re-initialise blocks one at a time from the top
@@ -9,25 +11,29 @@ Re-initialisation calls each submodule's `reset_parameters()` (BatchNorm also re
 statistics) under a seeded RNG that does not disturb the global one. If either map is constant the
 rank correlation is undefined; we report 0 (no shared ranking) rather than NaN.
 """
+
 from __future__ import annotations
 
 import copy
 import itertools
 
-import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import rankdata
 from torch import nn
 
 from ..explainers.base import PairExplanation, explain, resize_map
 from ..models.backbones import StagedBackbone
 from ..models.similarity import SimilarityModel
+from .._deprecated import deprecated_alias
+from ..maps import rank_correlation
 from ..utils import check_image, cpu_generator
 
 
 def random_explanation(
-    x1: torch.Tensor, x2: torch.Tensor | None = None, seed: int = 0, model: SimilarityModel | None = None,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None = None,
+    seed: int = 0,
+    model: SimilarityModel | None = None,
     cells: int | None = None,
 ) -> PairExplanation:
     """Baseline: seeded i.i.d. U[0, 1) maps (method name "random").
@@ -58,19 +64,19 @@ def random_explanation(
     similarity = model.score(x1, x2) if (model is not None and x2 is not None) else float("nan")
     params = {"seed": int(seed)} if cells is None else {"seed": int(seed), "cells": cells}
     return PairExplanation(
-        method="random", map1=map1, map2=map2, similarity=similarity, params=params,
-        seconds=0.0, image_size=tuple(x1.shape[-2:]),
+        method="random",
+        map1=map1,
+        map2=map2,
+        similarity=similarity,
+        params=params,
+        seconds=0.0,
+        image_size=tuple(x1.shape[-2:]),
     )
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two maps (resized to a common size); 0 if either is constant."""
-    if a.shape != b.shape:
-        b = resize_map(b, tuple(a.shape))
-    ra, rb = rankdata(a.flatten().double().numpy()), rankdata(b.flatten().double().numpy())
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = float(np.sqrt((ra**2).sum() * (rb**2).sum()))
-    return float((ra * rb).sum() / denominator) if denominator > 0 else 0.0
+    """`rank_correlation` of two maps, `b` resized bilinearly to the size of `a` first."""
+    return rank_correlation(a, b if a.shape == b.shape else resize_map(b, tuple(a.shape)))
 
 
 def cascade_blocks(model: SimilarityModel) -> list[tuple[str, nn.Module]]:
@@ -98,7 +104,7 @@ def _reinitialise(module: nn.Module, seed: int) -> None:
             module.to(device)
 
 
-def randomisation_test(
+def randomization_test(
     model: SimilarityModel,
     x1: torch.Tensor,
     x2: torch.Tensor | None,
@@ -125,4 +131,6 @@ def randomisation_test(
     return pd.DataFrame(rows)
 
 
-__all__ = ["random_explanation", "randomisation_test", "spearman", "cascade_blocks"]
+randomisation_test = deprecated_alias("randomisation_test", "randomization_test", randomization_test)
+
+__all__ = ["random_explanation", "randomization_test", "randomisation_test", "spearman", "cascade_blocks"]

@@ -6,36 +6,32 @@ u is added to both images and the pair is re-explained with the explanation's ow
 the raw maps at the method's native resolution); MS = mean over the images that have a map.
 
 Decision on the [0, 1] range: like the paper we do NOT clip by default (`clip=False`): the noisy
-images leave [0, 1] slightly and are passed to the method function from the registry directly
-(`explain` would reject them). `clip=True` clips to [0, 1] and goes through `explain`.
+images leave [0, 1] slightly and are re-explained by `explain_perturbed` (`explain` without its range
+check). `clip=True` clips them to [0, 1] first.
 Methods registered with `sensitivity=False` (occlusion methods, pixel invariance: "NA" in the paper)
 raise `MetricNotApplicable`, as does an all-zero reference map (the ratio is undefined).
 """
+
 from __future__ import annotations
 
 import torch
 
-from ..explainers.base import PairExplanation, explain, get_method
+from ..explainers.base import PairExplanation, explain_perturbed, get_method
 from ..models.similarity import SimilarityModel
-from ..precision import precision_context
-from .common import MetricNotApplicable
 from ..utils import cpu_generator, to_device
+from .common import MetricNotApplicable, ScoredPair
+from .registry import register_metric
 
 
 def _explain_raw(
     model: SimilarityModel, x1: torch.Tensor, x2: torch.Tensor | None, explanation: PairExplanation, clip: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Re-explain with the explanation's resolved parameters and the display blur off."""
-    spec = get_method(explanation.method)
     if clip:
-        params = {k: v for k, v in explanation.params.items() if k != "blur"}
-        x2c = None if x2 is None else x2.clamp(0, 1)
-        again = explain(model, x1.clamp(0, 1), x2c, explanation.method, **params)
-        return again.map1, again.map2
-    params = {k: v for k, v in explanation.params.items() if k in spec.defaults or k == "batch_size"}
-    with precision_context(explanation.params.get("precision", "fp32"), model, explanation.method):
-        maps = spec.function(model, x1.to(model.device), None if x2 is None else x2.to(model.device), **params)
-    return tuple(None if m is None else m.detach().float().cpu() for m in maps)
+        x1, x2 = x1.clamp(0, 1), None if x2 is None else x2.clamp(0, 1)
+    params = {k: v for k, v in explanation.params.items() if k != "blur"}
+    again = explain_perturbed(model, x1, x2, explanation.method, **params)
+    return again.map1, again.map2
 
 
 def max_sensitivity(
@@ -65,8 +61,10 @@ def max_sensitivity(
         raise ValueError(f"need n_draws >= 1 and radius >= 0, got n_draws={n_draws}, radius={radius}")
     pair_input = x2 if spec.needs_pair or spec.partner is not None else None
     if pair_input is not None and pair_input.shape != x1.shape:
-        raise ValueError(f"the same noise is added to both images: they need one shape, got {tuple(x1.shape)} "
-                         f"and {tuple(pair_input.shape)}")
+        raise ValueError(
+            f"the same noise is added to both images: they need one shape, got {tuple(x1.shape)} "
+            f"and {tuple(pair_input.shape)}"
+        )
     if explanation.params.get("blur", False):
         reference = _explain_raw(model, x1, pair_input, explanation, clip=False)
     else:
@@ -87,3 +85,30 @@ def max_sensitivity(
     result = {f"max_sensitivity_{i}": w for i, w in enumerate(worst, start=1)}
     result["max_sensitivity"] = sum(worst) / len(worst)
     return result
+
+
+@register_metric(
+    "max_sensitivity",
+    higher_is_better=False,
+    abbreviation="MS",
+    paper_column=9,
+    family="sensitivity",
+    description="max relative map change under uniform input noise",
+    options={"n_draws": 10, "radius": 0.2, "seed": 0, "clip": False},
+)
+def _sensitivity_family(model: SimilarityModel, items: list[ScoredPair], options: dict) -> list[dict]:
+    """Max-sensitivity of each item (re-explained with the explanation's own precision)."""
+    out = []
+    for item in items:
+        try:
+            values = max_sensitivity(
+                model,
+                item.x1,
+                item.x2,
+                item.explanation,
+                **{k: options[k] for k in ("n_draws", "radius", "seed", "clip")},
+            )
+        except MetricNotApplicable as reason:
+            values = reason
+        out.append({"max_sensitivity": values})
+    return out

@@ -1,4 +1,5 @@
 """Backbones as named stages, so methods can cut a network at a given depth (feature inversion, M10/M11)."""
+
 from __future__ import annotations
 
 from collections import OrderedDict

@@ -5,6 +5,7 @@ strings, plus the few harmless classes the official releases contain. A file tha
 arbitrary code to unpickle is refused, never executed. State dicts are matched strictly, and every
 failure names the file and says what was expected.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,7 +70,11 @@ def read_checkpoint(
     if sha256 is not None:
         actual = sha256_of(path)
         if actual.lower() != sha256.strip().lower():
-            advice = fix or "the file is corrupt, incomplete or a different release; download it again or check the expected hash"
+            advice = (
+                fix
+                or "the file is corrupt, incomplete or a different release; download it again or check the "
+                "expected hash"
+            )
             raise CheckpointError(f"sha256 of {str(path)!r} is {actual}, expected {sha256}: {advice}")
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
@@ -109,7 +114,7 @@ def strip_prefix(state_dict: Mapping[str, object], prefix: str) -> dict[str, obj
 
     Other keys are kept unchanged, so a strict load still reports them.
     """
-    return {(key[len(prefix):] if key.startswith(prefix) else key): value for key, value in state_dict.items()}
+    return {(key[len(prefix) :] if key.startswith(prefix) else key): value for key, value in state_dict.items()}
 
 
 def describe_keys(keys, limit: int = _SHOWN_KEYS) -> str:
@@ -148,9 +153,7 @@ def load_strict(
             )
             if keys
         ]
-        raise CheckpointError(
-            f"{str(path)!r} does not match the expected format ({expected}): " + "; ".join(problems)
-        )
+        raise CheckpointError(f"{str(path)!r} does not match the expected format ({expected}): " + "; ".join(problems))
     on_meta = any(tensor.is_meta for tensor in own.values())
     # Contiguous copies where needed: converted files can hold transposed views (e.g. TF kernels
     # permuted to PyTorch order), which would otherwise slow every convolution down.

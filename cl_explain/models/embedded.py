@@ -5,6 +5,7 @@ supervised classifier, plus snapshots taken along the SimCLR training (models of
 The checkpoints live in data/models with a manifest (data/models/manifest.json) written by
 `python -m cl_explain.train --all` (`make models`); they load by name through `load_model`.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,11 @@ class EmbeddedModel:
             "simsiam": "SimSiam (explained output = predictor(projector))",
             "supervised": "supervised classifier (explained output = class logits)",
         }[self.objective]
-        when = "fully trained" if self.epoch is None else (
-            "random initialisation" if self.epoch == 0 else f"snapshot after {self.epoch} epoch(s)")
+        when = (
+            "fully trained"
+            if self.epoch is None
+            else ("random initialisation" if self.epoch == 0 else f"snapshot after {self.epoch} epoch(s)")
+        )
         return f"embedded small ResNet, {what}, {when}, trained on the synthetic scenes (data/models)"
 
 
@@ -70,7 +74,8 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = (
             nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-            if stride != 1 or cin != cout else nn.Identity()
+            if stride != 1 or cin != cout
+            else nn.Identity()
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,15 +89,23 @@ def build_backbone(width: int = 16) -> StagedBackbone:
 
     A 96 px input (the embedded scenes) gives a 12 x 12 x (4w) map at layer4.
     """
-    stem = nn.Sequential(OrderedDict(conv1=nn.Conv2d(3, width, 3, 2, 1, bias=False), bn1=nn.BatchNorm2d(width),
-                                      relu=nn.ReLU(inplace=True), maxpool=nn.MaxPool2d(3, 2, 1)))
-    return StagedBackbone(OrderedDict(
-        stem=stem,
-        layer1=BasicBlock(width, width, 1),
-        layer2=BasicBlock(width, 2 * width, 2),
-        layer3=BasicBlock(2 * width, 4 * width, 1),
-        layer4=BasicBlock(4 * width, 4 * width, 1),
-    ))
+    stem = nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(3, width, 3, 2, 1, bias=False),
+            bn1=nn.BatchNorm2d(width),
+            relu=nn.ReLU(inplace=True),
+            maxpool=nn.MaxPool2d(3, 2, 1),
+        )
+    )
+    return StagedBackbone(
+        OrderedDict(
+            stem=stem,
+            layer1=BasicBlock(width, width, 1),
+            layer2=BasicBlock(width, 2 * width, 2),
+            layer3=BasicBlock(2 * width, 4 * width, 1),
+            layer4=BasicBlock(4 * width, 4 * width, 1),
+        )
+    )
 
 
 def feature_dim(width: int) -> int:
@@ -131,11 +144,17 @@ def build_head(objective: str, width: int = 16, out_dim: int | None = None, n_cl
         # Without out_dim the head stays at the backbone width d.
         out = out_dim or d
         bottleneck = out // 4
-        return nn.Sequential(OrderedDict(
-            projector=_mlp([d, out, out, out], last_bn="plain"),
-            predictor=nn.Sequential(nn.Linear(out, bottleneck, bias=False), nn.BatchNorm1d(bottleneck),
-                                    nn.ReLU(inplace=True), nn.Linear(bottleneck, out)),
-        ))
+        return nn.Sequential(
+            OrderedDict(
+                projector=_mlp([d, out, out, out], last_bn="plain"),
+                predictor=nn.Sequential(
+                    nn.Linear(out, bottleneck, bias=False),
+                    nn.BatchNorm1d(bottleneck),
+                    nn.ReLU(inplace=True),
+                    nn.Linear(bottleneck, out),
+                ),
+            )
+        )
     if objective == "supervised":
         return nn.Linear(d, n_classes)
     raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
@@ -154,8 +173,15 @@ def read_manifest(folder: str | os.PathLike | None = None) -> dict:
     return json.loads(path.read_text())
 
 
-def checkpoint_payload(name: str, objective: str, config: dict, backbone: nn.Module, head: nn.Module,
-                       normalize: tuple[list[float], list[float]], epoch: int) -> dict:
+def checkpoint_payload(
+    name: str,
+    objective: str,
+    config: dict,
+    backbone: nn.Module,
+    head: nn.Module,
+    normalize: tuple[list[float], list[float]],
+    epoch: int,
+) -> dict:
     """What a checkpoint file holds: only tensors, numbers, strings and containers (weights_only safe)."""
     return {
         "format": CHECKPOINT_FORMAT,
@@ -178,10 +204,13 @@ def model_from_payload(payload: dict, path: str | os.PathLike) -> SimilarityMode
     """Rebuild the SimilarityModel (eval mode) of a checkpoint payload, with strict key/shape checks."""
     for key in ("format", "objective", "config", "normalize", "backbone", "head"):
         if key not in payload:
-            raise CheckpointError(f"{str(path)!r} is not an embedded-model checkpoint (no {key!r} entry); {REBUILD_HINT}")
+            raise CheckpointError(
+                f"{str(path)!r} is not an embedded-model checkpoint (no {key!r} entry); {REBUILD_HINT}"
+            )
     if payload["format"] != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{str(path)!r} has checkpoint format {payload['format']}, expected "
-                              f"{CHECKPOINT_FORMAT}; {REBUILD_HINT}")
+        raise CheckpointError(
+            f"{str(path)!r} has checkpoint format {payload['format']}, expected {CHECKPOINT_FORMAT}; {REBUILD_HINT}"
+        )
     config = payload["config"]
     width = int(config["width"])
     backbone = build_backbone(width)
@@ -193,8 +222,9 @@ def model_from_payload(payload: dict, path: str | os.PathLike) -> SimilarityMode
     return SimilarityModel(backbone, head, normalize=normalize, name=payload.get("name", "embedded")).eval()
 
 
-def load_embedded(name: str, checkpoint: str | os.PathLike | None = None, sha256: str | None = None,
-                  **options) -> SimilarityModel:
+def load_embedded(
+    name: str, checkpoint: str | os.PathLike | None = None, sha256: str | None = None, **options
+) -> SimilarityModel:
     """Load an embedded model by name from data/models, verifying the sha256 recorded in the manifest.
 
     `checkpoint` overrides the file (then `sha256`, if given, is the only hash checked). A missing
@@ -210,7 +240,8 @@ def load_embedded(name: str, checkpoint: str | os.PathLike | None = None, sha256
         entry = read_manifest(folder)["models"].get(name)
         if entry is None:
             raise CheckpointNotFoundError(
-                f"embedded model {name!r} has no entry in {str(folder / 'manifest.json')!r}; {REBUILD_HINT}")
+                f"embedded model {name!r} has no entry in {str(folder / 'manifest.json')!r}; {REBUILD_HINT}"
+            )
         expected_sha = sha256 or entry.get("sha256")
     else:
         path, expected_sha = Path(checkpoint), sha256

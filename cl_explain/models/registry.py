@@ -1,4 +1,5 @@
 """One place that maps model names to loaders: the paper's checkpoints, the DINO/DINOv2 ViTs, the embedded default."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The model being explained: normalisation + backbone (spatial map) + pooling + head -> embedding."""
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,12 @@ class SimilarityModel(nn.Module):
         self.backbone = backbone.to(memory_format=torch.channels_last)
         self.head = head if head is not None else nn.Identity()
         self.name = name
-        device = _single_device(itertools.chain(self.backbone.parameters(), self.backbone.buffers(),
-                                                self.head.parameters(), self.head.buffers()), name)
+        device = _single_device(
+            itertools.chain(
+                self.backbone.parameters(), self.backbone.buffers(), self.head.parameters(), self.head.buffers()
+            ),
+            name,
+        )
         mean, std = normalize if normalize is not None else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         self.normalized = normalize is not None
         # the normalisation constants go where the modules are (cpu for a model without any tensor)

@@ -18,6 +18,7 @@ The explained embedding is the CLS token after the final norm (what DINO's k-NN 
 with `pool="mean"`, the mean of the normed patch tokens. Any input side that is a multiple of the
 patch size works: the position embeddings are resampled bicubically to the patch grid, as timm does.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -33,9 +34,21 @@ POOLS = ("cls", "mean")
 IMAGENET = (IMAGENET_MEAN, IMAGENET_STD)
 
 #: Tensor methods after which the prefix still belongs to the same images (same batch, same order).
-_SAME_IMAGES = frozenset({
-    "detach", "requires_grad_", "contiguous", "clone", "float", "double", "half", "bfloat16", "to", "cpu", "cuda",
-})
+_SAME_IMAGES = frozenset(
+    {
+        "detach",
+        "requires_grad_",
+        "contiguous",
+        "clone",
+        "float",
+        "double",
+        "half",
+        "bfloat16",
+        "to",
+        "cpu",
+        "cuda",
+    }
+)
 _BATCH_SPLITS = frozenset({"split", "chunk", "tensor_split", "split_with_sizes"})
 
 
@@ -51,7 +64,12 @@ class TokenMap(torch.Tensor):
 
     @staticmethod
     def wrap(patches: torch.Tensor, prefix: torch.Tensor) -> "TokenMap":
-        if patches.dim() != 4 or prefix.dim() != 3 or prefix.shape[0] != patches.shape[0] or prefix.shape[2] != patches.shape[1]:
+        if (
+            patches.dim() != 4
+            or prefix.dim() != 3
+            or prefix.shape[0] != patches.shape[0]
+            or prefix.shape[2] != patches.shape[1]
+        ):
             raise ValueError(
                 f"a TokenMap needs patches B x C x h x w and prefix tokens B x P x C, got {tuple(patches.shape)} "
                 f"and {tuple(prefix.shape)}"
@@ -111,7 +129,9 @@ def _follow(name: str, args: tuple, kwargs: dict, result):
     return _plain(result)
 
 
-def _resample_position_embedding(pos_embed: torch.Tensor, grid: tuple[int, int], old_grid: tuple[int, int], prefix: int):
+def _resample_position_embedding(
+    pos_embed: torch.Tensor, grid: tuple[int, int], old_grid: tuple[int, int], prefix: int
+):
     from timm.layers import resample_abs_pos_embed  # timm is imported only when a ViT runs
 
     return resample_abs_pos_embed(pos_embed, new_size=list(grid), old_size=list(old_grid), num_prefix_tokens=prefix)
@@ -167,7 +187,7 @@ class TokenHead(nn.Module):
     def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.pool == "cls":
             return tokens[:, 0]
-        return tokens[:, self.num_prefix_tokens:].mean(dim=1)
+        return tokens[:, self.num_prefix_tokens :].mean(dim=1)
 
 
 def block_index(block: int, depth: int) -> int:
@@ -189,7 +209,9 @@ def _check_vit(vit: nn.Module, pool: str) -> None:
     if missing:
         raise TypeError(f"expected a timm VisionTransformer, got {type(vit).__name__} without {missing}")
     if not vit.dynamic_img_size:
-        raise ValueError("build the timm VisionTransformer with dynamic_img_size=True so any multiple of the patch size works")
+        raise ValueError(
+            "build the timm VisionTransformer with dynamic_img_size=True so any multiple of the patch size works"
+        )
     if vit.pos_embed is None or (pool == "cls" and vit.cls_token is None):
         raise ValueError("the ViT needs learned absolute position embeddings (and a class token for pool='cls')")
     if isinstance(vit.norm, nn.Identity) and not isinstance(getattr(vit, "fc_norm", nn.Identity()), nn.Identity):
@@ -261,7 +283,7 @@ class ViTSimilarityModel(SimilarityModel):
         """Patch tokens entering block `self.block` as a TokenMap B x C x h x w (prefix tokens beside it)."""
         rows, cols = self.grid(x)
         tokens = self.backbone(self.preprocess(x))
-        prefix, patches = tokens[:, : self.num_prefix_tokens], tokens[:, self.num_prefix_tokens:]
+        prefix, patches = tokens[:, : self.num_prefix_tokens], tokens[:, self.num_prefix_tokens :]
         fmap = patches.transpose(1, 2).reshape(len(x), -1, rows, cols).contiguous()
         return TokenMap.wrap(fmap, prefix)
 
@@ -298,7 +320,7 @@ class ViTSimilarityModel(SimilarityModel):
         tokens = self.tokens(x)
         if tokens.shape[0] != 1:
             raise ValueError(f"embed_kept explains one image at a time, got a batch of {tokens.shape[0]}")
-        prefix, patches = tokens[:, : self.num_prefix_tokens], tokens[0, self.num_prefix_tokens:]
+        prefix, patches = tokens[:, : self.num_prefix_tokens], tokens[0, self.num_prefix_tokens :]
         kept = patches[keep.to(patches.device)]  # M x K x C
         return self.embed_tokens(torch.cat([prefix.expand(len(keep), -1, -1), kept], dim=1))
 
@@ -316,7 +338,8 @@ def attention_weights(attention: nn.Module, x: torch.Tensor) -> torch.Tensor:
     needed = ("qkv", "num_heads", "head_dim", "scale", "q_norm", "k_norm")
     if any(not hasattr(attention, name) for name in needed) or getattr(attention, "gate", None) is not None:
         raise TypeError(
-            f"attention weights need timm's standard Attention (qkv, q_norm, k_norm, no gate), got {type(attention).__name__}"
+            "attention weights need timm's standard Attention (qkv, q_norm, k_norm, no gate), "
+            f"got {type(attention).__name__}"
         )
     batch, count, _ = x.shape
     qkv = attention.qkv(x).reshape(batch, count, 3, attention.num_heads, attention.head_dim).permute(2, 0, 3, 1, 4)

@@ -12,6 +12,7 @@ Each file is read safely (`checkpoint_io.read_checkpoint`), recognised from its 
 width, depth, layer scale), rebuilt as a timm VisionTransformer on the meta device, matched key by
 key (`load_strict`) and wrapped as a `ViTSimilarityModel`. The depth is read from the file.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,7 +58,7 @@ def backbone_state(content: Mapping, path: Path) -> dict[str, torch.Tensor]:
     """The backbone's state dict from a released file: a plain state dict or DINO's full checkpoint."""
     if isinstance(content.get("teacher"), Mapping):  # DINO full checkpoint: {'teacher': module.backbone.*, ...}
         teacher = strip_prefix(content["teacher"], "module.")
-        return {key[len("backbone."):]: value for key, value in teacher.items() if key.startswith("backbone.")}
+        return {key[len("backbone.") :]: value for key, value in teacher.items() if key.startswith("backbone.")}
     sections = [str(key) for key, value in content.items() if not isinstance(value, torch.Tensor)]
     if sections:
         raise CheckpointError(
@@ -94,8 +95,14 @@ def read_layout(state: Mapping[str, torch.Tensor], path: Path) -> Layout:
             f"{str(path)!r}: transformer blocks {indices[:8]} are not numbered 0..N-1 (keys blocks.N.*): {VIT_FORMAT}"
         )
     registers = state.get("register_tokens")
-    return Layout(patch, width, len(indices), grid, "blocks.0.ls1.gamma" in state,
-                  int(registers.shape[1]) if isinstance(registers, torch.Tensor) and registers.dim() == 3 else 0)
+    return Layout(
+        patch,
+        width,
+        len(indices),
+        grid,
+        "blocks.0.ls1.gamma" in state,
+        int(registers.shape[1]) if isinstance(registers, torch.Tensor) and registers.dim() == 3 else 0,
+    )
 
 
 def to_timm_layout(state: Mapping[str, torch.Tensor], layout: Layout, path: Path) -> dict[str, torch.Tensor]:
@@ -123,20 +130,35 @@ def build_vit(state: Mapping[str, torch.Tensor], layout: Layout, path: Path, num
 
     heads = num_heads or max(1, layout.width // 64)
     if layout.width % heads:
-        raise CheckpointError(f"{str(path)!r}: width {layout.width} is not divisible by num_heads={heads}; pass num_heads")
+        raise CheckpointError(
+            f"{str(path)!r}: width {layout.width} is not divisible by num_heads={heads}; pass num_heads"
+        )
     hidden = state.get("blocks.0.mlp.fc1.weight")
     mlp_ratio = hidden.shape[0] / layout.width if isinstance(hidden, torch.Tensor) and hidden.dim() == 2 else 4.0
     with torch.device("meta"):
         vit = VisionTransformer(
-            img_size=layout.grid * layout.patch, patch_size=layout.patch, embed_dim=layout.width, depth=layout.depth,
-            num_heads=heads, mlp_ratio=mlp_ratio, qkv_bias=True, init_values=1.0 if layout.layer_scale else None,
-            class_token=True, reg_tokens=layout.registers, no_embed_class=layout.registers > 0, global_pool="token",
-            num_classes=0, dynamic_img_size=True, weight_init="skip",
+            img_size=layout.grid * layout.patch,
+            patch_size=layout.patch,
+            embed_dim=layout.width,
+            depth=layout.depth,
+            num_heads=heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=True,
+            init_values=1.0 if layout.layer_scale else None,
+            class_token=True,
+            reg_tokens=layout.registers,
+            no_embed_class=layout.registers > 0,
+            global_pool="token",
+            num_classes=0,
+            dynamic_img_size=True,
+            weight_init="skip",
         )
     load_strict(vit, state, path=path, expected=VIT_FORMAT)
     left = [name for name, tensor in [*vit.named_parameters(), *vit.named_buffers()] if tensor.is_meta]
     if left:
-        raise CheckpointError(f"{str(path)!r}: no values for {describe_keys(left)} after loading; expected {VIT_FORMAT}")
+        raise CheckpointError(
+            f"{str(path)!r}: no values for {describe_keys(left)} after loading; expected {VIT_FORMAT}"
+        )
     return vit
 
 
@@ -181,10 +203,15 @@ class ViTRelease:
         """The file must hold this release's architecture; otherwise name the model that fits it."""
         if (layout.family, layout.patch, layout.width) == (self.family, self.patch, self.width):
             return
-        fits = [r.name for r in VIT_MODELS.values() if (r.family, r.patch, r.width) == (layout.family, layout.patch, layout.width)]
+        fits = [
+            r.name
+            for r in VIT_MODELS.values()
+            if (r.family, r.patch, r.width) == (layout.family, layout.patch, layout.width)
+        ]
         advice = (
-            f"load it as {fits[0]!r}" if fits else
-            "no registered model has that architecture; load it with "
+            f"load it as {fits[0]!r}"
+            if fits
+            else "no registered model has that architecture; load it with "
             "cl_explain.models.vit_checkpoints.vit_from_state_dict(path)"
         )
         raise CheckpointError(
@@ -226,28 +253,42 @@ VIT_MODELS: dict[str, ViTRelease] = {
             "DINO ViT-S/16, embedding = CLS token after the final norm (needs dino_deitsmall16_pretrain.pth)",
             "DINO ViT-S/16 backbone weights (facebookresearch/dino, "
             f"{_DINO_URL}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth; the full checkpoint also works)",
-            "dino", 16, 384, 6,
+            "dino",
+            16,
+            384,
+            6,
         ),
         ViTRelease(
             "dino-vitb16",
             "DINO ViT-B/16, embedding = CLS token after the final norm (needs dino_vitbase16_pretrain.pth)",
             "DINO ViT-B/16 backbone weights (facebookresearch/dino, "
             f"{_DINO_URL}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth; the full checkpoint also works)",
-            "dino", 16, 768, 12,
+            "dino",
+            16,
+            768,
+            12,
         ),
         ViTRelease(
             "dinov2-vits14",
             "DINOv2 ViT-S/14, embedding = CLS token after the final norm (needs dinov2_vits14_pretrain.pth)",
-            f"DINOv2 ViT-S/14 backbone (facebookresearch/dinov2, {_DINOV2_URL}/dinov2_vits14/dinov2_vits14_pretrain.pth; "
+            "DINOv2 ViT-S/14 backbone (facebookresearch/dinov2, "
+            f"{_DINOV2_URL}/dinov2_vits14/dinov2_vits14_pretrain.pth; "
             "dinov2_vits14_reg4_pretrain.pth with registers also works)",
-            "dinov2", 14, 384, 6,
+            "dinov2",
+            14,
+            384,
+            6,
         ),
         ViTRelease(
             "dinov2-vitb14",
             "DINOv2 ViT-B/14, embedding = CLS token after the final norm (needs dinov2_vitb14_pretrain.pth)",
-            f"DINOv2 ViT-B/14 backbone (facebookresearch/dinov2, {_DINOV2_URL}/dinov2_vitb14/dinov2_vitb14_pretrain.pth; "
+            "DINOv2 ViT-B/14 backbone (facebookresearch/dinov2, "
+            f"{_DINOV2_URL}/dinov2_vitb14/dinov2_vitb14_pretrain.pth; "
             "dinov2_vitb14_reg4_pretrain.pth with registers also works)",
-            "dinov2", 14, 768, 12,
+            "dinov2",
+            14,
+            768,
+            12,
         ),
     )
 }

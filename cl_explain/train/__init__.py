@@ -9,6 +9,7 @@ sample i in epoch e comes from its own seeded generator).
 
 Rebuild everything (`make models`):  python -m cl_explain.train --all
 """
+
 from .config import DEFAULT_CONFIGS, OPTIMIZERS, TrainConfig
 from .loop import train
 from .losses import OBJECTIVE_LOSSES, barlow_twins_loss, nt_xent, simsiam_loss
@@ -30,8 +31,29 @@ from .quality import (
 from .views import scene_statistics, view_bank
 
 __all__ = [
-    "TrainConfig", "DEFAULT_CONFIGS", "OPTIMIZERS", "OBJECTIVE_LOSSES", "nt_xent", "barlow_twins_loss", "simsiam_loss",
-    "train", "build_all", "reevaluate_all", "random_init_model", "measure_quality", "recompute_quality", "EvalData",
-    "knn_accuracy", "linear_probe_accuracy", "view_pass_rate", "CHECK_SCENES", "PROBE_TOLERANCE", "QUALITY_TOLERANCE",
-    "scene_statistics", "view_bank", "embed_scenes", "pointing_baselines", "DIAGNOSTIC_SCENES",
+    "TrainConfig",
+    "DEFAULT_CONFIGS",
+    "OPTIMIZERS",
+    "OBJECTIVE_LOSSES",
+    "nt_xent",
+    "barlow_twins_loss",
+    "simsiam_loss",
+    "train",
+    "build_all",
+    "reevaluate_all",
+    "random_init_model",
+    "measure_quality",
+    "recompute_quality",
+    "EvalData",
+    "knn_accuracy",
+    "linear_probe_accuracy",
+    "view_pass_rate",
+    "CHECK_SCENES",
+    "PROBE_TOLERANCE",
+    "QUALITY_TOLERANCE",
+    "scene_statistics",
+    "view_bank",
+    "embed_scenes",
+    "pointing_baselines",
+    "DIAGNOSTIC_SCENES",
 ]

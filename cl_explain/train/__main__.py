@@ -1,4 +1,5 @@
 """Command line: python -m cl_explain.train --all (make models) or --reevaluate."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,13 +12,17 @@ from .manifest import build_all, reevaluate_all
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m cl_explain.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m cl_explain.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--all", action="store_true", help="train every objective (what `make models` runs)")
     parser.add_argument("--objective", action="append", choices=OBJECTIVES, help="train this objective (repeatable)")
     parser.add_argument("--out", default=None, help="output folder (default: data/models of the checkout)")
-    parser.add_argument("--reevaluate", action="store_true",
-                        help="recompute the manifest's quality numbers from the committed checkpoints (no training)")
+    parser.add_argument(
+        "--reevaluate",
+        action="store_true",
+        help="recompute the manifest's quality numbers from the committed checkpoints (no training)",
+    )
     args = parser.parse_args(argv)
     if args.reevaluate:
         reevaluate_all(args.out, log=lambda message: print(message, flush=True))
@@ -30,4 +35,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-

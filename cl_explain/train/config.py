@@ -1,4 +1,5 @@
 """What determines a training run: `TrainConfig` and the default configuration of each objective."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -51,8 +52,10 @@ class TrainConfig:
         if self.channels_last and self.width < 16:
             # oneDNN issue 6035: in channels-last layout the weight gradient of a strided 1x1 convolution
             # with fewer input channels than the kernel's block (8 on AVX2, 16 on AVX-512) writes out of bounds
-            raise ValueError(f"channels_last training needs width >= 16 (got {self.width}): oneDNN's strided 1x1 "
-                             "convolution gradient corrupts memory for fewer input channels; set channels_last=False")
+            raise ValueError(
+                f"channels_last training needs width >= 16 (got {self.width}): oneDNN's strided 1x1 "
+                "convolution gradient corrupts memory for fewer input channels; set channels_last=False"
+            )
 
 
 #: Every objective trains on the same eight cycled view banks (two threads, channels-last), so one
@@ -65,6 +68,14 @@ DEFAULT_CONFIGS = {
     "simclr": TrainConfig("simclr", epochs=20, snapshots=tuple(SIMCLR_SNAPSHOTS), **_SHARED),
     "supervised": TrainConfig("supervised", epochs=10, **_SHARED),
     "barlow-twins": TrainConfig("barlow-twins", epochs=20, out_dim=512, weight_decay=0.05, **_SHARED),
-    "simsiam": TrainConfig("simsiam", epochs=20, out_dim=512, optimizer="sgd", lr=0.03, weight_decay=5e-4,
-                           fixed_predictor_lr=True, **_SHARED),
+    "simsiam": TrainConfig(
+        "simsiam",
+        epochs=20,
+        out_dim=512,
+        optimizer="sgd",
+        lr=0.03,
+        weight_decay=5e-4,
+        fixed_predictor_lr=True,
+        **_SHARED,
+    ),
 }

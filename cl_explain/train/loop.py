@@ -1,4 +1,5 @@
 """The training loop shared by every objective: seeded, deterministic for a fixed thread count."""
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,15 @@ from .losses import OBJECTIVE_LOSSES
 from .views import _ViewBanks, scene_statistics
 
 
-def _loss(config: TrainConfig, backbone: nn.Module, head: nn.Module, views: torch.Tensor, labels: torch.Tensor,
-          mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def _loss(
+    config: TrainConfig,
+    backbone: nn.Module,
+    head: nn.Module,
+    views: torch.Tensor,
+    labels: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+) -> torch.Tensor:
     x = (views.flatten(0, 1) - mean) / std  # B x V x 3 x H x W -> (B*V) x ...
     if config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -32,8 +40,9 @@ def _loss(config: TrainConfig, backbone: nn.Module, head: nn.Module, views: torc
     return OBJECTIVE_LOSSES[config.objective][1](head, pooled, labels, config)
 
 
-def _optimizer(config: TrainConfig, backbone: nn.Module, head: nn.Module, total_steps: int
-               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def _optimizer(
+    config: TrainConfig, backbone: nn.Module, head: nn.Module, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW (or SGD with momentum 0.9) over all weights with a cosine decay to 0 over `total_steps`;
     with `fixed_predictor_lr` (SimSiam) the predictor keeps the base learning rate, as in the SimSiam paper."""
     fixed = list(head.predictor.parameters()) if config.fixed_predictor_lr and config.objective == "simsiam" else []
@@ -52,8 +61,13 @@ def _optimizer(config: TrainConfig, backbone: nn.Module, head: nn.Module, total_
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
-def train(config: TrainConfig, scenes: SceneSet | None = None, banks: dict | None = None,
-          log=print, view_workers: int | None = None) -> tuple[SimilarityModel, dict]:
+def train(
+    config: TrainConfig,
+    scenes: SceneSet | None = None,
+    banks: dict | None = None,
+    log=print,
+    view_workers: int | None = None,
+) -> tuple[SimilarityModel, dict]:
     """Train one model; returns (model, info) where info has 'seconds' (optimisation), 'augment_seconds'
     (waiting for view banks: rendering not hidden behind training), 'losses', 'snapshots' (epoch ->
     checkpoint payload, epoch 0 = the initialisation) and 'payload' (the final checkpoint).
@@ -92,8 +106,14 @@ def train(config: TrainConfig, scenes: SceneSet | None = None, banks: dict | Non
             snapshots[0] = checkpoint_payload(f"{name}-e00", config.objective, cfg, backbone, head, normalize, 0)
         n_views = OBJECTIVE_LOSSES[config.objective][0]
         last_epoch = min(config.epochs, math.ceil(total / steps_per_epoch))
-        source = _ViewBanks(scenes, config, {} if banks is None else banks, last_epoch,
-                            config.threads if view_workers is None else view_workers, log)
+        source = _ViewBanks(
+            scenes,
+            config,
+            {} if banks is None else banks,
+            last_epoch,
+            config.threads if view_workers is None else view_workers,
+            log,
+        )
         losses, step, seconds = [], 0, 0.0
         backbone.train()
         head.train()
@@ -115,11 +135,14 @@ def train(config: TrainConfig, scenes: SceneSet | None = None, banks: dict | Non
                 epoch_losses.append(float(loss.detach()))
             seconds += time.perf_counter() - started
             losses.append(float(np.mean(epoch_losses)) if epoch_losses else float("nan"))
-            log(f"[{name}] epoch {epoch}/{config.epochs} step {step}/{total} loss {losses[-1]:.4f} "
-                f"(train {seconds:.0f} s, waited for views {source.waited:.0f} s)")
+            log(
+                f"[{name}] epoch {epoch}/{config.epochs} step {step}/{total} loss {losses[-1]:.4f} "
+                f"(train {seconds:.0f} s, waited for views {source.waited:.0f} s)"
+            )
             if epoch in config.snapshots:
-                snapshots[epoch] = checkpoint_payload(f"{name}-e{epoch:02d}", config.objective, cfg, backbone, head,
-                                                      normalize, epoch)
+                snapshots[epoch] = checkpoint_payload(
+                    f"{name}-e{epoch:02d}", config.objective, cfg, backbone, head, normalize, epoch
+                )
             if step >= total:
                 break
         payload = checkpoint_payload(name, config.objective, cfg, backbone, head, normalize, epoch)
@@ -128,7 +151,11 @@ def train(config: TrainConfig, scenes: SceneSet | None = None, banks: dict | Non
             source.close()
         torch.set_num_threads(previous_threads)
     model = model_from_payload(payload, path=f"<trained {name}>")
-    return model, {"seconds": seconds, "augment_seconds": source.waited, "losses": losses,
-                   "snapshots": snapshots, "payload": payload, "steps": step}
-
-
+    return model, {
+        "seconds": seconds,
+        "augment_seconds": source.waited,
+        "losses": losses,
+        "snapshots": snapshots,
+        "payload": payload,
+        "steps": step,
+    }

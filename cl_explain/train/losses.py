@@ -1,4 +1,5 @@
 """The training objectives' losses, and the table from objective name to loss."""
+
 from __future__ import annotations
 
 import torch
@@ -18,6 +19,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> tor
 
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3, eps: float = 1e-5) -> torch.Tensor:
     """Barlow Twins: cross-correlation of batch-standardised embeddings pushed to the identity."""
+
     def standardise(z: torch.Tensor) -> torch.Tensor:
         return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
 
@@ -29,9 +31,9 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3, e
 
 def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     """SimSiam: symmetric negative cosine between predictions and stop-gradient projections."""
-    return -(F.cosine_similarity(p1, z2.detach(), dim=-1).mean() + F.cosine_similarity(p2, z1.detach(), dim=-1).mean()) / 2
-
-
+    return (
+        -(F.cosine_similarity(p1, z2.detach(), dim=-1).mean() + F.cosine_similarity(p2, z1.detach(), dim=-1).mean()) / 2
+    )
 
 
 def _simclr(head: nn.Module, pooled: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:

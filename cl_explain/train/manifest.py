@@ -1,4 +1,5 @@
 """Build every embedded model, save checkpoints and snapshots, and write data/models/manifest.json."""
+
 from __future__ import annotations
 
 import json
@@ -37,9 +38,15 @@ def _write_checkpoint(payload: dict, folder: Path) -> tuple[Path, str]:
 def random_init_model(config: TrainConfig, normalize: dict) -> SimilarityModel:
     """The model `config` trains, at its seeded random initialisation (the baseline of the quality numbers)."""
     torch.manual_seed(config.seed)
-    init = checkpoint_payload("init", config.objective, asdict(config), build_backbone(config.width),
-                              build_head(config.objective, config.width, config.out_dim, config.n_classes),
-                              ([0.5] * 3, [0.25] * 3), 0)
+    init = checkpoint_payload(
+        "init",
+        config.objective,
+        asdict(config),
+        build_backbone(config.width),
+        build_head(config.objective, config.width, config.out_dim, config.n_classes),
+        ([0.5] * 3, [0.25] * 3),
+        0,
+    )
     init["normalize"] = normalize
     return model_from_payload(init, "<init>")
 
@@ -62,8 +69,9 @@ def reevaluate_all(folder: str | Path | None = None, log=print) -> dict:
         if objective not in baselines:
             config = TrainConfig(**{**entry["config"], "snapshots": tuple(entry["config"]["snapshots"])})
             payload = read_checkpoint(folder / entry["file"], sha256=entry["sha256"])
-            baselines[objective] = round_quality(measure_quality(random_init_model(config, payload["normalize"]), data,
-                                                   threads=config.threads))
+            baselines[objective] = round_quality(
+                measure_quality(random_init_model(config, payload["normalize"]), data, threads=config.threads)
+            )
             log(f"[{objective} random init] {json.dumps(baselines[objective])}")
         entry["random_init_quality"] = baselines[objective]
     manifest["dataset"] = dataset_entry(DEFAULT_CONFIGS["simclr"].size)
@@ -71,7 +79,9 @@ def reevaluate_all(folder: str | Path | None = None, log=print) -> dict:
     return manifest
 
 
-def build_all(objectives: tuple[str, ...] = tuple(DEFAULT_CONFIGS), folder: str | Path | None = None, log=print) -> dict:
+def build_all(
+    objectives: tuple[str, ...] = tuple(DEFAULT_CONFIGS), folder: str | Path | None = None, log=print
+) -> dict:
     """Train the named objectives with DEFAULT_CONFIGS, save checkpoints and snapshots, evaluate them,
     and rewrite the manifest (other entries are kept). Returns the manifest."""
     folder = Path(folder) if folder is not None else models_dir()
@@ -92,11 +102,18 @@ POINTING_PAIRS = 200
 
 def dataset_entry(size: int) -> dict:
     """The manifest's description of the data set, with the pointing-game hit rates of maps that know nothing."""
-    return {"module": "cl_explain.data.scenes", "generation": GENERATION, "size": size, "seed": 0,
-            "splits": dict(SPLIT_SIZES), "classes": list(CLASSES),
-            "pointing_baselines": {mode: round_quality(pointing_baselines(scene_pairs(POINTING_PAIRS, "test", seed=0,
-                                                                                      size=size, mode=mode)))
-                                   for mode in ("pure-augmented", "shared-object")}}
+    return {
+        "module": "cl_explain.data.scenes",
+        "generation": GENERATION,
+        "size": size,
+        "seed": 0,
+        "splits": dict(SPLIT_SIZES),
+        "classes": list(CLASSES),
+        "pointing_baselines": {
+            mode: round_quality(pointing_baselines(scene_pairs(POINTING_PAIRS, "test", seed=0, size=size, mode=mode)))
+            for mode in ("pure-augmented", "shared-object")
+        },
+    }
 
 
 def _build(objectives: tuple[str, ...], folder: Path, log) -> dict:
@@ -109,21 +126,33 @@ def _build(objectives: tuple[str, ...], folder: Path, log) -> dict:
     for objective in objectives:
         config = DEFAULT_CONFIGS[objective]
         model, info = train(config, train_scenes, banks=banks, log=log)
-        common = {"objective": objective, "config": asdict(config), "seed": config.seed,
-                  "torch": torch.__version__, "train_seconds": round(info["seconds"], 1),
-                  "augment_seconds": round(info["augment_seconds"], 1),
-                  "train_steps": info["steps"], "final_loss": round(info["losses"][-1], 4)}
+        common = {
+            "objective": objective,
+            "config": asdict(config),
+            "seed": config.seed,
+            "torch": torch.__version__,
+            "train_seconds": round(info["seconds"], 1),
+            "augment_seconds": round(info["augment_seconds"], 1),
+            "train_steps": info["steps"],
+            "final_loss": round(info["losses"][-1], 4),
+        }
         random_init = None
         outputs = [(info["payload"], model)] + [
-            (payload, model_from_payload(payload, path="<snapshot>")) for payload in info["snapshots"].values()]
+            (payload, model_from_payload(payload, path="<snapshot>")) for payload in info["snapshots"].values()
+        ]
         for payload, trained in outputs:
             path, digest = _write_checkpoint(payload, folder)
             quality = round_quality(measure_quality(trained, data, threads=config.threads))
             if payload["epoch"] == 0:
                 random_init = quality
             manifest["models"][payload["name"]] = {
-                **common, "file": path.name, "epoch": payload["epoch"], "sha256": digest,
-                "bytes": path.stat().st_size, "quality": quality}
+                **common,
+                "file": path.name,
+                "epoch": payload["epoch"],
+                "sha256": digest,
+                "bytes": path.stat().st_size,
+                "quality": quality,
+            }
             log(f"[{payload['name']}] {json.dumps(quality)}")
         if random_init is None:  # same architecture at random init, for the comparison
             init = random_init_model(config, info["payload"]["normalize"])
@@ -132,8 +161,8 @@ def _build(objectives: tuple[str, ...], folder: Path, log) -> dict:
             manifest["models"][payload["name"]]["random_init_quality"] = random_init
         manifest["dataset"] = dataset
         manifest["rebuild"] = "make models  (python -m cl_explain.train --all)"
-        manifest["models"] = {name: entry for name, entry in sorted(manifest["models"].items()) if name in EMBEDDED_MODELS}
+        manifest["models"] = {
+            name: entry for name, entry in sorted(manifest["models"].items()) if name in EMBEDDED_MODELS
+        }
         write_text_atomic(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
-
-

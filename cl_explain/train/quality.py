@@ -1,4 +1,5 @@
 """Quality numbers of a model on the test split: kNN, linear probe, view pass rates (recomputed by tests)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ def pure_views(scenes: SceneSet, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _pooled_and_head(model: SimilarityModel, views: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def _pooled_and_head(
+    model: SimilarityModel, views: torch.Tensor, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     feats, embs = [], []
     for batch in views.split(batch_size):
         pooled = model.features(batch).mean((2, 3))
@@ -39,8 +42,9 @@ def embed_scenes(model: SimilarityModel, scenes: SceneSet, size: int) -> tuple[t
     return _pooled_and_head(model, pure_views(scenes, size))
 
 
-def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 k: int = 20) -> float:
+def knn_accuracy(
+    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, k: int = 20
+) -> float:
     """Top-1 of a k-nearest-neighbour majority vote under cosine similarity (ties: larger summed similarity).
 
     Similarities are computed in float64, so the neighbour sets and the vote do not depend on float32
@@ -61,7 +65,9 @@ def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
 PROBE_TOLERANCE = 1e-8
 
 
-def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> float:
+def linear_probe_accuracy(
+    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor
+) -> float:
     """Top-1 of a multinomial logistic regression (C=1) on standardised float64 features, fitted to
     convergence (`PROBE_TOLERANCE`) with scikit-learn's L-BFGS."""
     from sklearn.linear_model import LogisticRegression
@@ -71,7 +77,9 @@ def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: 
     train, test = train_x.double().numpy(), test_x.double().numpy()
     with threadpool_limits(limits=1):  # a small problem: BLAS threads only contend with torch's
         scaler = StandardScaler().fit(train)
-        probe = LogisticRegression(max_iter=20000, C=1.0, tol=PROBE_TOLERANCE).fit(scaler.transform(train), train_y.numpy())
+        probe = LogisticRegression(max_iter=20000, C=1.0, tol=PROBE_TOLERANCE).fit(
+            scaler.transform(train), train_y.numpy()
+        )
         return float((probe.predict(scaler.transform(test)) == test_y.numpy()).mean())
 
 
@@ -112,9 +120,9 @@ def triplet_pass_rate(model: SimilarityModel, triplets: tuple[torch.Tensor, torc
 
 def default_insertion_start() -> str:
     """The insertion start `cl_explain.evaluate` uses unless told otherwise."""
-    from ..metrics.harness import DEFAULT_OPTIONS
+    from ..metrics.registry import default_options
 
-    return DEFAULT_OPTIONS["insertion_start"]
+    return default_options()["insertion_start"]
 
 
 @torch.no_grad()
@@ -151,10 +159,16 @@ class EvalData:
         def stacked(triplets) -> tuple[torch.Tensor, ...]:
             return tuple(torch.cat(column) for column in zip(*triplets))
 
-        return cls(pure_views(train_scenes, size), train_scenes.labels, pure_views(test_scenes, size), test_scenes.labels,
-                   pair_views(test_scenes, size, "augmented-augmented"), pair_views(test_scenes, size, "pure-augmented"),
-                   stacked(swap_triplets(n, test_scenes.split, size=size)),
-                   stacked(background_views(n, test_scenes.split, size=size, scenes=test_scenes)))
+        return cls(
+            pure_views(train_scenes, size),
+            train_scenes.labels,
+            pure_views(test_scenes, size),
+            test_scenes.labels,
+            pair_views(test_scenes, size, "augmented-augmented"),
+            pair_views(test_scenes, size, "pure-augmented"),
+            stacked(swap_triplets(n, test_scenes.split, size=size)),
+            stacked(background_views(n, test_scenes.split, size=size, scenes=test_scenes)),
+        )
 
 
 def measure_quality(model: SimilarityModel, data: EvalData, k: int = 20, threads: int = 1) -> dict[str, float]:
@@ -175,15 +189,17 @@ def measure_quality(model: SimilarityModel, data: EvalData, k: int = 20, threads
         return {
             "knn_top1": knn_accuracy(train_f, data.train_labels, test_f, data.test_labels, k),
             "knn_top1_head": knn_accuracy(train_e, data.train_labels, test_e, data.test_labels, k),
-            "knn_top1_check": knn_accuracy(check_train_f, data.train_labels[:n_train], check_test_f,
-                                           data.test_labels[:n_test], k),
+            "knn_top1_check": knn_accuracy(
+                check_train_f, data.train_labels[:n_train], check_test_f, data.test_labels[:n_test], k
+            ),
             "linear_probe_top1": linear_probe_accuracy(train_f, data.train_labels, test_f, data.test_labels),
             "view_pass_rate": view_pass_rate(model, data.augmented_pairs),
             "pure_view_pass_rate": view_pass_rate(model, data.pure_pairs),
             "object_over_background": triplet_pass_rate(model, data.swap_triplets),
             "background_identifies_scene": triplet_pass_rate(model, data.bare_backgrounds),
-            "insertion_room": insertion_room(model, tuple(x[:DIAGNOSTIC_SCENES] for x in data.pure_pairs),
-                                             default_insertion_start()),
+            "insertion_room": insertion_room(
+                model, tuple(x[:DIAGNOSTIC_SCENES] for x in data.pure_pairs), default_insertion_start()
+            ),
             "chance": 1 / len(CLASSES),
         }
     finally:
@@ -218,8 +234,9 @@ def round_quality(metrics: dict[str, float]) -> dict[str, float]:
     return {key: round(value, 4) for key, value in metrics.items()}
 
 
-def recompute_quality(names: list[str] | None = None, folder: str | Path | None = None,
-                      data: "EvalData | None" = None) -> dict[str, dict[str, float]]:
+def recompute_quality(
+    names: list[str] | None = None, folder: str | Path | None = None, data: "EvalData | None" = None
+) -> dict[str, dict[str, float]]:
     """The quality numbers of committed checkpoints (default: every model of the manifest), recomputed
     with the thread count each was computed with, on `data` (default: evaluation views of scenes
     rendered from scratch, not from the scene cache), rounded as the manifest stores them."""
@@ -235,8 +252,6 @@ def recompute_quality(names: list[str] | None = None, folder: str | Path | None 
         model = load_embedded(name, folder / entries[name]["file"], sha256=entries[name]["sha256"])
         quality[name] = round_quality(measure_quality(model, data, threads=entries[name]["config"]["threads"]))
     return quality
-
-
 
 
 def pointing_baselines(pairs: list, seed: int = 0) -> dict[str, float]:

@@ -1,4 +1,5 @@
 """Training views of the scenes: seeded per-epoch view banks, rendered by worker processes."""
+
 from __future__ import annotations
 
 import os
@@ -25,29 +26,32 @@ def paste_target(scenes: SceneSet, i: int, j: int, generator: torch.Generator) -
     dy = int(torch.randint(0, height - (bottom - top) + 1, (), generator=generator)) - top
     dx = int(torch.randint(0, width - (right - left) + 1, (), generator=generator)) - left
     moved = torch.zeros_like(mask)
-    moved[top + dy:bottom + dy, left + dx:right + dx] = mask[top:bottom, left:right]
+    moved[top + dy : bottom + dy, left + dx : right + dx] = mask[top:bottom, left:right]
     canvas = scenes.contexts[j].clone()
     sprite = scenes.images[i][:, top:bottom, left:right]
-    canvas[:, top + dy:bottom + dy, left + dx:right + dx] = torch.where(
-        mask[top:bottom, left:right], sprite, canvas[:, top + dy:bottom + dy, left + dx:right + dx])
+    canvas[:, top + dy : bottom + dy, left + dx : right + dx] = torch.where(
+        mask[top:bottom, left:right], sprite, canvas[:, top + dy : bottom + dy, left + dx : right + dx]
+    )
     return canvas.float() / 255, moved
 
 
-def object_crop(mask: torch.Tensor, generator: torch.Generator, scale: tuple[float, float], min_visible: float
-                ) -> tuple[int, int, int, int]:
+def object_crop(
+    mask: torch.Tensor, generator: torch.Generator, scale: tuple[float, float], min_visible: float
+) -> tuple[int, int, int, int]:
     """A random-resized-crop box that keeps at least `min_visible` of the target's pixels (ten tries,
     then the whole image), so that the two views of a training pair share their object."""
     height, width = mask.shape
     total = float(mask.sum())
     for _ in range(10):
         top, left, h, w = sample_crop(height, width, generator, scale, SIMCLR_RECIPE["crop_ratio"])
-        if total == 0 or float(mask[top:top + h, left:left + w].sum()) >= min_visible * total:
+        if total == 0 or float(mask[top : top + h, left : left + w].sum()) >= min_visible * total:
             return top, left, h, w
     return 0, 0, height, width
 
 
-def training_view(image: torch.Tensor, mask: torch.Tensor, size: int, generator: torch.Generator,
-                  config: TrainConfig) -> torch.Tensor:
+def training_view(
+    image: torch.Tensor, mask: torch.Tensor, size: int, generator: torch.Generator, config: TrainConfig
+) -> torch.Tensor:
     """The SimCLR recipe with an object-keeping crop (`config.crop_scale`, `config.min_visible`): 1x3xHxW."""
     crop = object_crop(mask, generator, config.crop_scale, config.min_visible)
     view = TF.resized_crop(image[None], *crop, [size, size], antialias=True).clamp(0, 1)
@@ -109,23 +113,29 @@ class _ViewBanks:
     beside a multi-threaded training slowed its steps 3.7x. `waited`: seconds the training spent
     waiting for banks."""
 
-    def __init__(self, scenes: SceneSet, config: TrainConfig, banks: dict, last_epoch: int, workers: int,
-                 log=print) -> None:
+    def __init__(
+        self, scenes: SceneSet, config: TrainConfig, banks: dict, last_epoch: int, workers: int, log=print
+    ) -> None:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-            raise ValueError(f"view_workers must be a number of processes >= 0 (0: render views in this process), "
-                             f"got {workers!r}")
+            raise ValueError(
+                f"view_workers must be a number of processes >= 0 (0: render views in this process), got {workers!r}"
+            )
         self.scenes, self.config, self.banks, self.last_epoch = scenes, config, banks, last_epoch
         self.workers, self.waited, self.pending = workers, 0.0, {}
         self.pool = None
         missing = self._missing(0)
         if workers and missing:
             from multiprocessing import get_context
+
             # spawn, not fork: a forked child of a process that has run OpenMP code can hang
-            self.pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_view_worker,
-                                            initargs=(scenes,))
+            self.pool = ProcessPoolExecutor(
+                workers, mp_context=get_context("spawn"), initializer=_start_view_worker, initargs=(scenes,)
+            )
             if config.threads > 1:
-                log(f"rendering {len(missing)} view banks in {workers} processes before training "
-                    f"(the {config.threads}-thread training would compete with them)")
+                log(
+                    f"rendering {len(missing)} view banks in {workers} processes before training "
+                    f"(the {config.threads}-thread training would compete with them)"
+                )
                 started = time.perf_counter()
                 futures = {key: self._render(key) for key in missing}
                 self.banks.update({key: future.result() for key, future in futures.items()})
@@ -153,7 +163,7 @@ class _ViewBanks:
         """Keep the workers busy while epochs train: queue missing banks after `epoch`'s, one per idle worker."""
         if self.pool is None:
             return
-        for key in self._missing(epoch)[:self.workers - len(self.pending)]:
+        for key in self._missing(epoch)[: self.workers - len(self.pending)]:
             self.pending[key] = self._render(key)
 
     def get(self, epoch: int) -> torch.Tensor:
@@ -161,8 +171,7 @@ class _ViewBanks:
         key = self.key(epoch)
         if key not in self.banks:
             future = self.pending.pop(key, None)
-            self.banks[key] = future.result() if future is not None else view_bank(
-                self.scenes, self.config, key[1])
+            self.banks[key] = future.result() if future is not None else view_bank(self.scenes, self.config, key[1])
         self._request_after(epoch)
         self.waited += time.perf_counter() - started
         return self.banks[key]
@@ -177,5 +186,3 @@ def scene_statistics(scenes: SceneSet) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of a scene set (rounded: the model's input normalisation)."""
     x = scenes.images.float() / 255
     return [round(float(v), 3) for v in x.mean((0, 2, 3))], [round(float(v), 3) for v in x.std((0, 2, 3))]
-
-
