@@ -18,6 +18,7 @@ from cl_explain.metrics.drop import drop_increase, mask_weights, masked_image
 from cl_explain.metrics.grounding import energy_pointing_game, pointing_game
 from cl_explain.metrics.perturbation import (
     area_under_curve,
+    foreign_start,
     perturbation_counts,
     perturbation_curves,
     rank_pixels,
@@ -78,11 +79,12 @@ def test_rank_pixels_treats_rounding_level_differences_as_ties():
     assert torch.equal(torch.argsort(ranks), torch.argsort(noise.flatten(), descending=True))
 
 
-def naive_curve(model, x, other, saliency, mode, step, fill_kind="zero", perturb_other_map=None):
-    """Reference: one image at a time, pixels replaced by explicit indexing in sorted order."""
+def naive_curve(model, x, other, saliency, mode, step, fill_kind="zero", perturb_other_map=None, role=0):
+    """Reference: one image at a time, pixels replaced by explicit indexing in sorted order; insertion
+    starts from the default start, the image's foreign scene (`role` 0 for x1, 1 for x2)."""
     h, w = x.shape[-2:]
     order = np.argsort(-saliency.flatten().numpy(), kind="stable")
-    full = reference_image(model, x, fill_kind if mode == "deletion" else "blur").expand_as(x)
+    full = (reference_image(model, x, fill_kind) if mode == "deletion" else foreign_start(x, role)).expand_as(x)
     start, fill = (x, full) if mode == "deletion" else (full, x)
     scores = []
     for k in list(range(0, h * w, step)) + [h * w]:
@@ -128,7 +130,7 @@ def test_simultaneous_curve_matches_naive_loop():
     np.testing.assert_allclose(curves["simultaneous"].scores.numpy(), expected, atol=1e-5)
     # the conditional curves come from the same perturbed embeddings, with the other image intact
     np.testing.assert_allclose(
-        curves["conditional_2"].scores.numpy(), naive_curve(model, x2, x1, map2, "deletion", SIDE), atol=1e-5
+        curves["conditional_2"].scores.numpy(), naive_curve(model, x2, x1, map2, "deletion", SIDE, role=1), atol=1e-5
     )
 
 
@@ -176,6 +178,39 @@ def test_deletion_endpoints_and_substrate_override():
     assert flat["conditional_1"].auc == pytest.approx(model.score(x1, x2), abs=1e-6)
     with pytest.raises(ValueError, match="substrate"):
         perturbation_curves(model, x1, x2, patch_map(), None, "deletion", ("conditional_1",), substrate="grey")
+
+
+def test_foreign_start_gives_each_image_of_a_pair_its_own_unrelated_scene():
+    """The default insertion start: x1 begins as validation scene 0, x2 as scene 5 (another class), at the
+    image's size, so a simultaneous insertion curve runs from S(scene 0, scene 5) to S(x1, x2)."""
+    from cl_explain.data.scenes import render_scene
+    from cl_explain.metrics.perturbation import FOREIGN_SCENES
+
+    model = patch_model()
+    x1, x2 = images(3)
+    first, second = foreign_start(x1, 0), foreign_start(x2, 1)
+    assert first.shape == x1.shape and second.shape == x2.shape
+    wide = torch.zeros(1, 3, 48, 48)
+    for role in (0, 1):
+        assert torch.equal(foreign_start(wide, role)[0], render_scene(FOREIGN_SCENES[role], "val", size=48).image)
+    labels = [render_scene(index, "val", size=48).label for index in FOREIGN_SCENES]
+    assert labels[0] != labels[1]
+    assert not torch.equal(first, second) and torch.equal(reference_image(model, x1, "foreign"), first)
+    assert foreign_start(torch.zeros(1, 3, 40, 56), 1).shape == (1, 3, 40, 56)
+    with pytest.raises(ValueError, match="role must be"):
+        foreign_start(x1, 2)
+    g = torch.Generator().manual_seed(4)
+    curve = perturbation_curves(
+        model,
+        x1,
+        x2,
+        torch.rand(SIDE, SIDE, generator=g),
+        torch.rand(SIDE, SIDE, generator=g),
+        "insertion",
+        ("simultaneous",),
+    )["simultaneous"]
+    assert float(curve.scores[0]) == pytest.approx(model.score(first, second), abs=1e-5)
+    assert float(curve.scores[-1]) == pytest.approx(model.score(x1, x2), abs=1e-5)
 
 
 def test_insertion_start_is_the_paper_blur_scaled_with_the_side():

@@ -3,7 +3,7 @@
 Two tests built from the scenes' decomposition (`cl_explain.data.pairings`):
 - swap triplets (anchor, its target elsewhere, another target on its background): the share of
   triplets in which the anchor is more similar to the same object than to the same background;
-- bare backgrounds (two views of a scene with every object removed, and a view of the next scene):
+- bare backgrounds (two views of a scene with every object removed, and a view of the next scene's):
   the share in which the background alone is more similar to itself than to another scene.
 A model that explains similarity through the shared object scores high on the first, near or below
 one half on the second. Rates come with Wilson 95% intervals.

@@ -169,15 +169,19 @@ def background_views(
     scene_seed: int = 0,
     scenes: SceneSet | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """For the background diagnostic: (two SimCLR views of scene i's bare background (every object
-    removed), a SimCLR view of scene i+1), 1x3xHxW each."""
+    """For the background diagnostic: two SimCLR views of scene i's bare background (every object
+    removed) and a SimCLR view of scene i+1's bare background, 1x3xHxW each. A model that ignores
+    backgrounds finds the first view as close to the third as to the second."""
+    total = len(scenes) if scenes is not None else SPLIT_SIZES[check_split(split)]
+
+    def bare(i: int) -> torch.Tensor:
+        if scenes is not None:
+            return scenes.backgrounds[i].float() / 255
+        return render_scene(i, split, scene_seed, size).background
+
     out = []
     for i in range(n):
         generator = cpu_generator(seed * 1_000_003 + i)
-        if scenes is not None:
-            bare, other = scenes.backgrounds[i].float() / 255, scenes.image((i + 1) % len(scenes))
-        else:
-            bare = render_scene(i, split, scene_seed, size).background
-            other = render_scene((i + 1) % SPLIT_SIZES[split], split, scene_seed, size).image
-        out.append(tuple(simclr_view(x, size, generator)[0] for x in (bare, bare, other)))
+        own, other = bare(i), bare((i + 1) % total)
+        out.append(tuple(simclr_view(x, size, generator)[0] for x in (own, own, other)))
     return out

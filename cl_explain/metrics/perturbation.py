@@ -5,8 +5,11 @@ perturbs row by row). Curve point i perturbs the `counts[i]` top-ranked pixels (
 
 * deletion starts from the image and replaces them by a substrate (default: zero in model input
   space, `model.zero_pixel`);
-* insertion starts from a blurred copy (GaussianBlur 11, sigma 5 at 224 px, scaled with the image
-  side) and puts the original pixels back.
+* insertion starts from another image and puts the original pixels back. The study starts from a
+  blurred copy (`insertion_start="blur"`: GaussianBlur 11, sigma 5 at 224 px, scaled with the image
+  side); the default here is `"foreign"`, a fixed unrelated scene for each image (`foreign_start`),
+  because a blurred copy holds nothing a background-invariant model can tell apart, so the two blurred
+  starts are already as similar as the pair and the curve has nothing to recover.
 
 `step` pixels per point, default = the image side (224 at 224 px -> 225 points including the start);
 when `step` does not divide H*W the last interval is shorter and the AUC, a trapezoid over the
@@ -20,6 +23,8 @@ of that image, so `perturbation_curves` embeds each sequence once.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -104,7 +109,8 @@ def reference_image(model: SimilarityModel, x: torch.Tensor, kind: str | torch.T
     """The deletion substrate / insertion start for image `x` (1x3xHxW), broadcastable to it.
 
     `kind`: "zero" (zero in model input space), "black" (pixel value 0), "blur" (GaussianBlur 11,
-    sigma 5 at 224 px, scaled with the side), or a tensor broadcastable to 1x3xHxW.
+    sigma 5 at 224 px, scaled with the side: the study's insertion start), "foreign" (an unrelated
+    embedded scene, see `foreign_start`), or a tensor broadcastable to 1x3xHxW.
     """
     if isinstance(kind, torch.Tensor):
         try:
@@ -124,7 +130,45 @@ def reference_image(model: SimilarityModel, x: torch.Tensor, kind: str | torch.T
         side = min(x.shape[-2:])
         k, s = scale_kernel(INSERTION_BLUR[0], side), scale_sigma(INSERTION_BLUR[1], side)
         return gaussian_blur(x, [k, k], [s, s])
-    raise ValueError(f"unknown substrate {kind!r}; use 'zero', 'black', 'blur' or a tensor")
+    if kind == "foreign":
+        return foreign_start(x, 0)
+    raise ValueError(f"unknown substrate {kind!r}; use 'zero', 'black', 'blur', 'foreign' or a tensor")
+
+
+def insertion_starts(
+    model: SimilarityModel, x1: torch.Tensor, x2: torch.Tensor, kind: str | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The insertion starts of the two images of a pair (for "foreign", each image its own unrelated scene)."""
+    if isinstance(kind, str) and kind == "foreign":
+        return foreign_start(x1, 0), foreign_start(x2, 1)
+    return reference_image(model, x1, kind), reference_image(model, x2, kind)
+
+
+#: Where insertion starts unless told otherwise (the study's start is "blur").
+DEFAULT_INSERTION_START = "foreign"
+#: Validation scenes (of classes 0 and 5) that the "foreign" insertion start begins x1 and x2 from.
+FOREIGN_SCENES = (0, 5)
+
+
+def foreign_start(x: torch.Tensor, role: int) -> torch.Tensor:
+    """The "foreign" insertion start of x1 (`role` 0) or x2 (`role` 1): a fixed unrelated embedded scene
+    (validation split) at x's size. Insertion then grows each image's ranked pixels inside another
+    image, so the curve starts from the similarity of two unrelated images. Starts that hold nothing
+    (blur, a constant) all look alike to a model that has learnt to ignore backgrounds, which leaves
+    insertion no similarity to recover; see `cl_explain.train.quality.insertion_room`."""
+    if role not in (0, 1):
+        raise ValueError(f"role must be 0 (x1) or 1 (x2), got {role!r}")
+    return _foreign_scene(FOREIGN_SCENES[role], tuple(x.shape[-2:])).to(device=x.device, dtype=x.dtype)
+
+
+@lru_cache(maxsize=8)
+def _foreign_scene(index: int, shape: tuple[int, int]) -> torch.Tensor:
+    from torchvision.transforms.v2.functional import resize
+
+    from ..data.scenes import render_scene
+
+    scene = render_scene(index, "val", size=max(32, min(shape))).image[None]
+    return resize(scene, list(shape), antialias=True).clamp(0, 1) if tuple(scene.shape[-2:]) != shape else scene
 
 
 def perturbation_embeddings(
@@ -135,7 +179,7 @@ def perturbation_embeddings(
     *,
     step: int | None = None,
     substrate: str | torch.Tensor = "zero",
-    insertion_start: str | torch.Tensor = "blur",
+    insertion_start: str | torch.Tensor = DEFAULT_INSERTION_START,
     batch_size: int = 64,
     precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,8 +234,13 @@ def perturbation_curves(
     precision = options.get("precision", "fp32")
     need1 = {"simultaneous", "conditional_1"} & set(which)
     need2 = {"simultaneous", "conditional_2"} & set(which)
-    seq1 = perturbation_embeddings(model, x1, map1, mode, **options) if need1 else None
-    seq2 = perturbation_embeddings(model, x2, map2, mode, **options) if need2 else None
+    options1, options2 = dict(options), dict(options)
+    if mode == "insertion":
+        options1["insertion_start"], options2["insertion_start"] = insertion_starts(
+            model, x1, x2, options.get("insertion_start", DEFAULT_INSERTION_START)
+        )
+    seq1 = perturbation_embeddings(model, x1, map1, mode, **options1) if need1 else None
+    seq2 = perturbation_embeddings(model, x2, map2, mode, **options2) if need2 else None
 
     # the intact partner of each conditional curve: x2 for curve 1, x1 for curve 2 (one pass for both)
     partners = {}
@@ -322,7 +371,7 @@ register_metric(
     abbreviation="SI",
     paper_column=1,
     pair=True,
-    options={**_CURVE_OPTIONS, "insertion_start": "blur"},
+    options={**_CURVE_OPTIONS, "insertion_start": DEFAULT_INSERTION_START},
     description="insertion AUC, both images perturbed",
 )(_insertion)
 register_metric(
@@ -331,7 +380,7 @@ register_metric(
     higher_is_better=True,
     abbreviation="CI",
     paper_column=3,
-    options={**_CURVE_OPTIONS, "insertion_start": "blur"},
+    options={**_CURVE_OPTIONS, "insertion_start": DEFAULT_INSERTION_START},
     description="insertion AUC, one image perturbed (mean of directions)",
 )(_insertion)
 register_metric(

@@ -24,7 +24,7 @@ from .similarity import SimilarityModel
 
 OBJECTIVES = ("simclr", "barlow-twins", "simsiam", "supervised")
 #: Epochs of the SimCLR run kept as graded snapshots (epoch 0 = the random initialisation).
-SIMCLR_SNAPSHOTS = (0, 1, 2, 4, 8)
+SIMCLR_SNAPSHOTS = (0, 2, 5, 10, 20)
 CHECKPOINT_FORMAT = 1
 REBUILD_HINT = "rebuild the embedded models with `make models` (python -m cl_explain.train --all)"
 

@@ -58,19 +58,19 @@ class TrainConfig:
             )
 
 
-#: Every objective trains on the same eight cycled view banks (two threads, channels-last), so one
+#: Every objective trains on the same twelve cycled view banks (two threads, channels-last), so one
 #: `make models` renders the views once. SSL views show the target on another scene's context half of the
 #: time (`redraw_p`), so that only the object is sure to be shared by the two views. The non-contrastive
 #: objectives keep the settings the first generation of the default measured: Barlow Twins a wide projector and
 #: weight decay 0.05, SimSiam SGD with the predictor at a constant rate (AdamW runs collapsed partly).
-_SHARED = dict(view_epochs=8, channels_last=True, threads=2)
+_SHARED = dict(view_epochs=12, channels_last=True, threads=2)
 DEFAULT_CONFIGS = {
-    "simclr": TrainConfig("simclr", epochs=20, snapshots=tuple(SIMCLR_SNAPSHOTS), **_SHARED),
-    "supervised": TrainConfig("supervised", epochs=10, **_SHARED),
-    "barlow-twins": TrainConfig("barlow-twins", epochs=20, out_dim=512, weight_decay=0.05, **_SHARED),
+    "simclr": TrainConfig("simclr", epochs=60, snapshots=tuple(SIMCLR_SNAPSHOTS), **_SHARED),
+    "supervised": TrainConfig("supervised", epochs=60, **_SHARED),
+    "barlow-twins": TrainConfig("barlow-twins", epochs=60, out_dim=512, weight_decay=0.05, **_SHARED),
     "simsiam": TrainConfig(
         "simsiam",
-        epochs=20,
+        epochs=60,
         out_dim=512,
         optimizer="sgd",
         lr=0.03,

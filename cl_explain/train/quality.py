@@ -129,11 +129,12 @@ def default_insertion_start() -> str:
 def insertion_room(model: SimilarityModel, pairs: tuple[torch.Tensor, torch.Tensor], start: str) -> float:
     """Mean of S(x1, x2) - S(start(x1), start(x2)) over pairs: how much similarity simultaneous insertion
     can recover from its starting images (`start`: an insertion start of `reference_image`)."""
-    from ..metrics.perturbation import reference_image
+    from ..metrics.perturbation import insertion_starts
 
     x1, x2 = pairs
-    s1 = torch.cat([reference_image(model, x[None], start) for x in x1])
-    s2 = torch.cat([reference_image(model, x[None], start) for x in x2])
+    starts = [insertion_starts(model, a[None], b[None], start) for a, b in zip(x1, x2)]
+    s1 = torch.cat([a.expand(1, *x1.shape[1:]) for a, _ in starts])
+    s2 = torch.cat([b.expand(1, *x2.shape[1:]) for _, b in starts])
     full = F.cosine_similarity(model(x1).double(), model(x2).double(), dim=-1)
     empty = F.cosine_similarity(model(s1).double(), model(s2).double(), dim=-1)
     return float((full - empty).mean())
