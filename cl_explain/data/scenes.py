@@ -25,11 +25,9 @@ random streams, and pixels are multiples of 1/255, so the uint8 cache of a split
 
 from __future__ import annotations
 
-import colorsys
 import hashlib
 import math
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -38,52 +36,64 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from ..utils import repo_root
+from .backgrounds import POOL_PHOTOS, POOL_TEXTURES, TEXTURE_SOURCES, background_pool, random_color
+from .shapes import (
+    CLASSES,
+    DISTRACTOR_SHAPES,
+    DISTRACTOR_SURFACES,
+    PATTERNS,
+    TARGET_SHAPES,
+    ObjectSpec,
+    draw_object,
+    object_mask,
+    object_radius,
+    pattern_mask,
+    shape_mask,
+)
 
-TARGET_SHAPES = ("disk", "square", "triangle", "cross")
-PATTERNS = ("stripes", "checks")
-#: Class names, index = label: every (pattern, shape) combination of the target.
-CLASSES = tuple(f"{pattern}-{shape}" for pattern in PATTERNS for shape in TARGET_SHAPES)
-DISTRACTOR_SHAPES = ("ring", "star", "ellipse")
-DISTRACTOR_SURFACES = ("plain", "gradient")
+__all__ = [
+    "CLASSES",
+    "DISTRACTOR_SHAPES",
+    "DISTRACTOR_SURFACES",
+    "PATTERNS",
+    "TARGET_SHAPES",
+    "ObjectSpec",
+    "draw_object",
+    "object_mask",
+    "object_radius",
+    "pattern_mask",
+    "shape_mask",
+    "POOL_PHOTOS",
+    "POOL_TEXTURES",
+    "TEXTURE_SOURCES",
+    "background_pool",
+    "random_color",
+    "Context",
+    "Scene",
+    "SceneSet",
+    "DEFAULT_SIZE",
+    "SPLIT_SIZES",
+    "TARGET_AREA",
+    "DISTRACTOR_AREA",
+    "TARGET_ID",
+    "check_split",
+    "draw_target",
+    "draw_context",
+    "place_target",
+    "compose",
+    "render_scene",
+    "load_split",
+    "cache_root",
+]
+
 #: Fixed split sizes (scenes) used to train and evaluate the embedded models.
 SPLIT_SIZES = {"train": 4000, "val": 800, "test": 800}
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 DEFAULT_SIZE = 96
 #: Share of the image area of the target and of each distractor (all within 3-15%).
 TARGET_AREA, DISTRACTOR_AREA = (0.05, 0.12), (0.03, 0.09)
-#: Backgrounds in the shared pool: photo crops first, then procedural textures.
-POOL_PHOTOS, POOL_TEXTURES = 32, 16
-_POOL_SEED = 20231101
-#: Background sources: scikit-image sample images that ship inside its wheel (no download).
-TEXTURE_SOURCES = (
-    "grass",
-    "gravel",
-    "brick",
-    "coffee",
-    "chelsea",
-    "rocket",
-    "immunohistochemistry",
-    "hubble_deep_field",
-)
 #: Instance-map codes: 0 = background, 1 = target, 2.. = distractors.
 TARGET_ID = 1
-
-
-@dataclass(frozen=True)
-class ObjectSpec:
-    """What an object looks like, independent of where it is: shape, surface, colours, size and pose."""
-
-    shape: str
-    surface: str  # a class pattern for the target, "plain" or "gradient" for a distractor
-    colors: tuple[tuple[float, float, float], tuple[float, float, float]]
-    area: float  # share of the image
-    angle: float
-    period: float  # pattern period in units of the object's size
-
-    @property
-    def label(self) -> int | None:
-        name = f"{self.surface}-{self.shape}"
-        return CLASSES.index(name) if name in CLASSES else None
 
 
 @dataclass(frozen=True)
@@ -143,17 +153,12 @@ def _rng(seed: int, split: str, index: int, stream: int) -> np.random.Generator:
     )
 
 
-def _random_color(rng: np.random.Generator, saturation=(0.55, 1.0), value=(0.5, 1.0)) -> tuple[float, float, float]:
-    rgb = colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(*saturation), rng.uniform(*value))
-    return tuple(float(c) for c in rgb)
-
-
 def draw_target(index: int, split: str = "train", seed: int = 0) -> ObjectSpec:
     """The target of scene `index` (label = index mod 8, so every split is class-balanced)."""
     rng = _rng(seed, split, index, 1)
     pattern, shape = CLASSES[int(index) % len(CLASSES)].split("-")
-    base = _random_color(rng)
-    second = _random_color(rng, value=(0.0, 0.3)) if rng.uniform() < 0.5 else _random_color(rng, (0.0, 0.25), (0.9, 1))
+    base = random_color(rng)
+    second = random_color(rng, value=(0.0, 0.3)) if rng.uniform() < 0.5 else random_color(rng, (0.0, 0.25), (0.9, 1))
     return ObjectSpec(
         shape,
         pattern,
@@ -170,25 +175,11 @@ def _draw_distractor(rng: np.random.Generator) -> ObjectSpec:
     return ObjectSpec(
         shape,
         surface,
-        (_random_color(rng), _random_color(rng)),
+        (random_color(rng), random_color(rng)),
         float(rng.uniform(*DISTRACTOR_AREA)),
         float(rng.uniform(0, 2 * math.pi)),
         1.0,
     )
-
-
-def object_radius(spec: ObjectSpec, size: int) -> float:
-    """Circumradius in pixels that gives the shape its area (closed forms of each shape's area)."""
-    factor = {
-        "disk": math.pi,
-        "square": 2.0,
-        "triangle": 3 * math.sqrt(3) / 4,
-        "cross": 2.3616,
-        "ring": math.pi * (1 - 0.55**2),
-        "star": math.pi * 0.40375,
-        "ellipse": math.pi / 2.2,
-    }[spec.shape]
-    return math.sqrt(spec.area * size * size / factor)
 
 
 def _free_position(
@@ -250,125 +241,6 @@ def place_target(
 
 
 # ------------------------------------------------------------------------------------------ drawing
-def shape_mask(shape: str, u: np.ndarray, v: np.ndarray, radius: float) -> np.ndarray:
-    """Inside test of a shape of circumradius `radius`, in its own rotated frame (u, v from the centre)."""
-    if shape == "disk":
-        return u**2 + v**2 <= radius**2
-    if shape == "square":
-        half = radius / math.sqrt(2)
-        return (np.abs(u) <= half) & (np.abs(v) <= half)
-    if shape == "triangle":  # equilateral: inside the three edges at distance radius / 2 from the centre
-        return np.all(
-            [
-                u * math.cos(a) + v * math.sin(a) <= radius / 2
-                for a in (math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))
-            ],
-            axis=0,
-        )
-    if shape == "cross":
-        arm = 0.36 * radius
-        return ((np.abs(u) <= arm) & (np.abs(v) <= radius)) | ((np.abs(v) <= arm) & (np.abs(u) <= radius))
-    if shape == "ring":
-        d2 = u**2 + v**2
-        return (d2 <= radius**2) & (d2 >= (0.55 * radius) ** 2)
-    if shape == "star":  # a five-lobed star: polar radius R (0.55 + 0.45 cos 5 theta)
-        return np.hypot(u, v) <= radius * (0.55 + 0.45 * np.cos(5 * np.arctan2(v, u)))
-    if shape == "ellipse":
-        return u**2 + (2.2 * v) ** 2 <= radius**2
-    raise ValueError(f"unknown shape {shape!r}; shapes are {TARGET_SHAPES + DISTRACTOR_SHAPES}")
-
-
-def pattern_mask(pattern: str, u: np.ndarray, v: np.ndarray, period: float) -> np.ndarray:
-    """Where a class pattern puts the object's second colour: stripes across u, or a checkerboard."""
-    if pattern == "stripes":
-        return np.floor(u / (period / 2)).astype(np.int64) % 2 == 0
-    if pattern == "checks":
-        return (np.floor(u / (period / 2)).astype(np.int64) + np.floor(v / (period / 2)).astype(np.int64)) % 2 == 0
-    raise ValueError(f"unknown pattern {pattern!r}; patterns are {PATTERNS}")
-
-
-def _object_frame(spec: ObjectSpec, center: tuple[float, float], size: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Pixel-centre coordinates (u, v) in the object's rotated frame, and its circumradius in pixels."""
-    coords = np.arange(size, dtype=np.float64) + 0.5
-    y, x = np.meshgrid(coords, coords, indexing="ij")
-    cy, cx = center[0] * size, center[1] * size
-    cos, sin = math.cos(spec.angle), math.sin(spec.angle)
-    return cos * (x - cx) + sin * (y - cy), -sin * (x - cx) + cos * (y - cy), object_radius(spec, size)
-
-
-def object_mask(spec: ObjectSpec, center: tuple[float, float], size: int) -> np.ndarray:
-    """The object's exact mask (HxW bool) at `center` (y, x in [0, 1])."""
-    u, v, radius = _object_frame(spec, center, size)
-    return shape_mask(spec.shape, u, v, radius)
-
-
-def draw_object(spec: ObjectSpec, center: tuple[float, float], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The object's mask (HxW bool) and its shaded colour (HxWx3) at `center` (y, x in [0, 1])."""
-    u, v, radius = _object_frame(spec, center, size)
-    mask = shape_mask(spec.shape, u, v, radius)
-    base, second = (np.array(c) for c in spec.colors)
-    if spec.surface in PATTERNS:
-        colour = np.where(pattern_mask(spec.surface, u, v, spec.period * radius)[..., None], second, base)
-    elif spec.surface == "gradient":
-        t = np.clip((u / radius + 1) / 2, 0, 1)[..., None]
-        colour = base + (second - base) * t
-    else:
-        colour = np.broadcast_to(base, (*u.shape, 3))
-    shading = 1 - 0.25 * np.clip(np.hypot(u, v) / radius, 0, 1) ** 2  # a rounded look
-    return mask, colour * shading[..., None]
-
-
-@lru_cache(maxsize=1)
-def _photo_bank() -> tuple[np.ndarray, ...]:
-    """The background source photos as float32 HxWx3 arrays in [0, 1] (grey ones as HxWx1), shorter side 192."""
-    import skimage.data
-
-    bank = []
-    for name in TEXTURE_SOURCES:
-        tensor = torch.from_numpy(np.asarray(getattr(skimage.data, name)(), dtype=np.float32) / 255)
-        tensor = (tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1))[None]
-        scale = 192 / min(tensor.shape[-2:])
-        target = [max(1, round(tensor.shape[-2] * scale)), max(1, round(tensor.shape[-1] * scale))]
-        tensor = F.interpolate(tensor, size=target, mode="bilinear", antialias=True, align_corners=False)
-        bank.append(tensor[0].permute(1, 2, 0).clamp(0, 1).numpy())
-    return tuple(bank)
-
-
-@lru_cache(maxsize=4)
-def background_pool(side: int) -> tuple[np.ndarray, ...]:
-    """The shared backgrounds, each side x side x 3 float32 in [0, 1] (fixed seed, the same for every split).
-
-    Photo crops (randomly zoomed, flipped, grey photos tinted with two colours) and procedural
-    textures (colour noise at two scales).
-    """
-    rng = np.random.default_rng(_POOL_SEED)
-    bank, pool = _photo_bank(), []
-    for k in range(POOL_PHOTOS):
-        source = bank[k % len(bank)]
-        h, w = source.shape[:2]
-        crop_side = int(rng.integers(min(h, w) // 3, min(h, w) + 1))
-        top, left = int(rng.integers(h - crop_side + 1)), int(rng.integers(w - crop_side + 1))
-        crop = torch.from_numpy(np.ascontiguousarray(source[top : top + crop_side, left : left + crop_side]))
-        crop = (
-            F.interpolate(
-                crop.permute(2, 0, 1)[None], size=(side, side), mode="bilinear", antialias=True, align_corners=False
-            )[0]
-            .permute(1, 2, 0)
-            .numpy()
-        )
-        if crop.shape[2] == 1:
-            dark, light = np.array(_random_color(rng, value=(0.1, 0.5))), np.array(_random_color(rng, (0.1, 0.6)))
-            crop = dark + (light - dark) * crop
-        pool.append(np.clip(crop, 0, 1).astype(np.float32))
-    for _ in range(POOL_TEXTURES):
-        texture = np.zeros((1, 3, side, side), dtype=np.float32)
-        for cells, weight in ((int(rng.integers(3, 6)), 0.7), (int(rng.integers(10, 20)), 0.3)):
-            grid = torch.from_numpy(rng.uniform(0.1, 0.9, size=(1, 3, cells, cells)).astype(np.float32))
-            texture += weight * F.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False).numpy()
-        pool.append(np.clip(texture[0].transpose(1, 2, 0), 0, 1))
-    return tuple(pool)
-
-
 def _background(context: Context, size: int) -> np.ndarray:
     """The context's defocused, hazy background crop (HxWx3 float64)."""
     source = background_pool(math.ceil(size * 4 / 3))[context.background]
@@ -475,7 +347,12 @@ def cache_root() -> Path:
 
 
 def _source_digest() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    """Digest of the modules that decide a rendered scene (this one, shapes, backgrounds)."""
+    folder = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in ("scenes.py", "shapes.py", "backgrounds.py"):
+        digest.update((folder / name).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def load_split(
