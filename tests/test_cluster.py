@@ -8,6 +8,7 @@ import os
 import signal
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -107,11 +108,24 @@ def trip_on_first_update(monkeypatch, action) -> None:
     monkeypatch.setattr(cluster, "tqdm", Tripping)
 
 
+def arrivals(client: Client) -> Counter:
+    """(worker, task kind) -> how many times a task of that kind arrived in the worker's memory so far
+    (computed there or copied from another worker), from the workers' transition logs."""
+    logs = client.run(lambda dask_worker: [e[0] for e in dask_worker.state.log if e[1] == "put-in-memory"])
+    return Counter((worker, key.split("-")[0]) for worker, keys in logs.items() for key in keys)
+
+
 def test_the_cluster_frame_equals_the_serial_one(fresh_client, serial, capsys):
+    before = arrivals(fresh_client)
     started = time.perf_counter()
     df = run(fresh_client)
     took = time.perf_counter() - started
     assert_same(df, serial)
+    during = arrivals(fresh_client) - before
+    workers = fresh_client.scheduler_info()["workers"]
+    assert all(during[(worker, "_hold")] == 1 for worker in workers)  # the model reached each worker once
+    assert all(during[(worker, "_score")] > 0 for worker in workers)  # and both workers scored chunks
+    assert sum(during[(worker, "_score")] for worker in workers) == N_PAIRS * len(METHODS)
     assert len(df) > N_PAIRS * len(METHODS)
     assert "Dask dashboard: http" in capsys.readouterr().out
     with capsys.disabled():

@@ -1,10 +1,11 @@
 """`evaluate` on a Dask cluster: each (method, pair chunk) unit of the grid is one task on a worker.
 
 The model travels once, as the result of a task of its own (`_hold`) that every chunk task depends
-on: Dask copies that result to each worker the first time a task there needs it and keeps it in the
-worker's memory, so a worker deserialises the model once, not once per task. Because it is a task
-result and not scattered data, Dask recomputes it from the graph when the worker holding it dies.
-Each worker moves its copy to its own device (its GPU when it has one).
+on. Its result is replicated to every worker before the chunks run (left alone, Dask would queue all
+of them next to the only copy) and stays in the worker's memory, so a worker receives and
+deserialises the model once, not once per task; a worker that joins later fetches it with its first
+task. Because it is a task result and not scattered data, Dask recomputes it from the graph should
+every copy be lost. Each worker moves its copy to its own device (its GPU when it has one).
 
 Workers read and write the on-disk result cache themselves (one JSON file per result, written
 atomically), so a killed worker loses only its task in flight, and rerunning an interrupted call
@@ -68,6 +69,7 @@ def score_on_cluster(
     model = grid.model if grid.model.device.type == "cpu" else copy.deepcopy(grid.model).cpu()
     shared = replace(grid, model=None)  # what every task needs besides the model: small
     held = client.submit(_hold, model, pure=False)
+    client.replicate([held])  # on every worker now: otherwise tasks queue where the one copy is
     futures = [
         client.submit(_score, held, shared, *chunk.inputs(pairs, digests), pure=False, priority=-position)
         for position, chunk in enumerate(chunks)
