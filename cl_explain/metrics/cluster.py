@@ -16,6 +16,7 @@ as a serial run. Dask itself is imported only here, so it stays an optional depe
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -68,14 +69,16 @@ def score_on_cluster(
 
     model = grid.model if grid.model.device.type == "cpu" else copy.deepcopy(grid.model).cpu()
     shared = replace(grid, model=None)  # what every task needs besides the model: small
-    held = client.submit(_hold, model, pure=False)
+    with warnings.catch_warnings():  # Dask advises against a large graph; this one is the model, sent once on purpose
+        warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
+        held = client.submit(_hold, model, pure=False)
     client.replicate([held])  # on every worker now: otherwise tasks queue where the one copy is
     futures = [
         client.submit(_score, held, shared, *chunk.inputs(pairs, digests), pure=False, priority=-position)
         for position, chunk in enumerate(chunks)
     ]
     order = {future.key: position for position, future in enumerate(futures)}
-    scored: list[list[Results] | None] = [None] * len(chunks)
+    scored: dict[int, list[Results]] = {}
     if progress:
         print(f"Dask dashboard: {client.dashboard_link}")
     try:
@@ -86,4 +89,4 @@ def score_on_cluster(
                 bar.update(len(chunks[position].indices))
     finally:
         client.cancel([*futures, held])
-    return scored
+    return [scored[position] for position in range(len(chunks))]
