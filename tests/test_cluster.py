@@ -17,6 +17,7 @@ import torch
 
 pytest.importorskip("distributed", reason="dask[distributed] is not installed (pip install 'cl-explain[cluster]')")
 
+import dask  # noqa: E402
 from dask.distributed import Client, LocalCluster  # noqa: E402
 
 import cl_explain  # noqa: E402
@@ -70,7 +71,10 @@ def wait_until_idle(client: Client, timeout: float = 60.0) -> None:
 
 @pytest.fixture(scope="module")
 def client():
+    # without Dask's MALLOC_TRIM_THRESHOLD_=65536, which slows torch's CPU work 1.6-1.8x (README)
+    environ = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1}
     with (
+        dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
         LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
         ) as local,
