@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import logging
 import os
 import signal
 import time
@@ -17,8 +15,7 @@ import torch
 
 pytest.importorskip("distributed", reason="dask[distributed] is not installed (pip install 'cl-explain[cluster]')")
 
-import dask  # noqa: E402
-from dask.distributed import Client, LocalCluster  # noqa: E402
+from dask.distributed import Client  # noqa: E402
 
 import cl_explain  # noqa: E402
 from cl_explain.metrics import Pair, cluster  # noqa: E402
@@ -71,16 +68,8 @@ def wait_until_idle(client: Client, timeout: float = 60.0) -> None:
 
 @pytest.fixture(scope="module")
 def client():
-    # without Dask's MALLOC_TRIM_THRESHOLD_=65536, which slows torch's CPU work 1.6-1.8x (README)
-    environ = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1}
-    with (
-        dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
-        ) as local,
-        Client(local) as connected,
-    ):
-        connected.run(importlib.import_module, "cl_explain")  # torch and the package imported before any timing
+    with cluster.local_client(2) as connected:
+        assert len(connected.scheduler_info()["workers"]) == 2
         yield connected
 
 
