@@ -1,6 +1,6 @@
 """Notebook contracts (layer 4) and the papermill smoke run with the ci profile (layer 3).
 
-Contracts: the ten stems exist; the classroom student copies are current and solution-free; every figure goes
+Contracts: the eleven stems exist; the classroom student copies are current and solution-free; every figure goes
 through show_and_save (shown inline and saved); each notebook has exactly one `parameters` cell whose every line is a
 typed, commented literal papermill can parse; kernelspec python3; no stored outputs; the setup cell
 uses the inline backend and no notebook reads the environment; every key of params/<profile>/<stem>.yaml
@@ -35,6 +35,7 @@ STEMS = [
     "07-compare-supervised",
     "08-visualize-features",
     "09-explore-pairs",
+    "11-evaluate-on-a-cluster",
 ]
 PROFILES = {"ci": "../build/ci/figures/{stem}", "full": "../figures/{stem}"}
 #: What each notebook must write into its figure_dir (any profile).
@@ -91,6 +92,7 @@ EXPECTED = {
     ],
     "08-visualize-features": ["feature_visualisation.png", "visualisation_scores.csv", "visualisation_scores.md"],
     "09-explore-pairs": ["explorer_default.png", "strength_sweep.png", "strength_sweep.csv", "strength_sweep.md"],
+    "11-evaluate-on-a-cluster": ["timings.csv", "timings.md"],
 }
 TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "list": list, "dict": dict}
 
