@@ -23,7 +23,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[notebooks,test]'
+	$(PY) -m pip install --quiet -e '.[notebooks,test,cluster]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (cl-explain)" >/dev/null
 	@touch $@
 

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import random
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -182,10 +183,14 @@ def source_digest(package: Path | None = None) -> str:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file through a temporary file so a failure never leaves half a file."""
+    """Write a file through a temporary file so a failure never leaves half a file.
+
+    The temporary name is unique to the process and thread, so concurrent writers of one path (two
+    Dask workers finishing the same rescheduled task) never interleave: the last complete file wins.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.partial")
     partial.write_bytes(data)
     os.replace(partial, path)
 

@@ -1,6 +1,6 @@
 """Notebook contracts (layer 4) and the papermill smoke run with the ci profile (layer 3).
 
-Contracts: the eleven stems exist; the classroom student copies are current and solution-free; every figure goes
+Contracts: the twelve stems exist; the classroom student copies are current and solution-free; every figure goes
 through show_and_save (shown inline and saved); each notebook has exactly one `parameters` cell whose every line is a
 typed, commented literal papermill can parse; kernelspec python3; no stored outputs; the setup cell
 uses the inline backend and no notebook reads the environment; every key of params/<profile>/<stem>.yaml
@@ -37,6 +37,7 @@ STEMS = [
     "08-visualize-features",
     "09-explore-pairs",
     "10-embedded-data",
+    "11-evaluate-on-a-cluster",
 ]
 PROFILES = {"ci": "../build/ci/figures/{stem}", "full": "../figures/{stem}"}
 #: What each notebook must write into its figure_dir (any profile).
@@ -102,6 +103,7 @@ EXPECTED = {
         "pointing_baselines.md",
     ]
     + [f"swap_embedded-{m}.png" for m in ("simclr", "barlow-twins", "simsiam", "supervised")],
+    "11-evaluate-on-a-cluster": ["timings.csv", "timings.md"],
 }
 TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "list": list, "dict": dict}
 

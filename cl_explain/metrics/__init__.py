@@ -3,8 +3,9 @@
 Every metric is registered next to its implementation with `@register_metric` (`registry`):
 insertion/deletion curves (`perturbation`), average drop/increase (`drop`), max-sensitivity
 (`sensitivity`), pointing games (`grounding`); sanity checks are in `sanity`. `evaluate_pair` scores one
-explanation (`scoring`), `evaluate` a grid of pairs x methods (`grid`, cached by `cache`), and
-`summarize` / `format_table` make the paper table with bootstrap confidence intervals (`summary`).
+explanation (`scoring`), `evaluate` a grid of pairs x methods (`grid`, cached by `cache`, on a Dask
+cluster with `client=`: `cluster`), and `summarize` / `format_table` make the paper table with bootstrap
+confidence intervals (`summary`).
 """
 
 from ..data.pairs import Pair

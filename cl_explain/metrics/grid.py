@@ -12,7 +12,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -25,6 +25,9 @@ from .common import MetricNotApplicable
 from .registry import check_metrics, check_options, get_metric, paper_metrics, result_options
 from .sanity import random_explanation
 from .scoring import Results, as_pair, compute_many, prepare, sized_options
+
+if TYPE_CHECKING:
+    from dask.distributed import Client
 
 COLUMNS = ["pair_id", "seed", "method", "metric", "value"]
 
@@ -120,6 +123,20 @@ class _Grid:
         return found
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """One unit of work: one method (by its position among the labels) over a run of consecutive pairs."""
+
+    label_index: int
+    indices: range
+    name: str
+    explain_kw: dict
+
+    def inputs(self, pairs: Sequence[Pair], digests: Sequence[tuple[str, str]]) -> tuple[list, list, str, dict]:
+        """The arguments of `_Grid.score_chunk` for this chunk."""
+        return [pairs[i] for i in self.indices], [digests[i] for i in self.indices], self.name, self.explain_kw
+
+
 def _cell(pair: Pair, label: str, results: Results) -> tuple[list[dict], list[dict]]:
     """The rows of one (pair, method) cell and its non-applicable records."""
     rows, skipped = [], []
@@ -161,6 +178,7 @@ def evaluate(
     method_params: Mapping[str, Mapping[str, Any]] | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    client: Client | None = None,
     **params: Any,
 ) -> pd.DataFrame:
     """Explain every pair with every method and score it: tidy rows (pair_id, seed, method, metric, value).
@@ -176,9 +194,12 @@ def evaluate(
     (and re-explains) nothing; the key includes a digest of the package's source, so results of older
     code are never served. Non-applicable results are left out, warned about and listed in
     `df.attrs["not_applicable"]`.
-    """
-    from tqdm.auto import tqdm
 
+    `client`: a `dask.distributed.Client`; the (method, pair chunk) units then run as tasks on its
+    workers (see `cl_explain.metrics.cluster`) and the DataFrame equals the one computed here. Give a
+    `cache_dir` every worker can write to make such a run resumable; without one, results come back
+    through Dask only and an interrupted run starts again from nothing.
+    """
     metrics = check_metrics(paper_metrics() if metrics is None else metrics)
     options = check_options(params)
     table = _method_table(methods, method_params)
@@ -199,15 +220,40 @@ def evaluate(
         **({"batch_size": params["batch_size"]} if "batch_size" in params else {}),
     }
     digests = [(tensor_digest(p.x1, p.x2), tensor_digest(p.mask1, p.mask2)) for p in pairs]
+    size = max(1, options["batch_size"] // 4)
+    chunks = [
+        Chunk(
+            label_index,
+            range(first, min(first + size, len(pairs))),
+            name,
+            method_kw if name == "random" else {**explain_defaults, **method_kw},
+        )
+        for label_index, (name, method_kw) in enumerate(table.values())
+        for first in range(0, len(pairs), size)
+    ]
+    if client is None:
+        scored = _score_serially(grid, pairs, digests, chunks, progress)
+    else:
+        from .cluster import score_on_cluster
+
+        scored = score_on_cluster(client, grid, pairs, digests, chunks, progress)
+    labels = list(table)
     cells: dict[tuple[int, int], tuple[list, list]] = {}  # (pair, method) -> (rows, not-applicable records)
-    chunk = max(1, options["batch_size"] // 4)
-    with tqdm(total=len(pairs) * len(table), desc="evaluate", disable=not progress) as bar:
-        for label_index, (label, (name, method_kw)) in enumerate(table.items()):
-            explain_kw = method_kw if name == "random" else {**explain_defaults, **method_kw}
-            for first in range(0, len(pairs), chunk):
-                indices = range(first, min(first + chunk, len(pairs)))
-                results = grid.score_chunk([pairs[i] for i in indices], [digests[i] for i in indices], name, explain_kw)
-                for index, result in zip(indices, results):
-                    cells[(index, label_index)] = _cell(pairs[index], label, result)
-                bar.update(len(indices))
+    for chunk, results in zip(chunks, scored):
+        for index, result in zip(chunk.indices, results):
+            cells[(index, chunk.label_index)] = _cell(pairs[index], labels[chunk.label_index], result)
     return _frame(cells)
+
+
+def _score_serially(
+    grid: _Grid, pairs: list[Pair], digests: list[tuple[str, str]], chunks: list[Chunk], progress: bool
+) -> list[list[Results]]:
+    """Each chunk's results, computed here one chunk after another."""
+    from tqdm.auto import tqdm
+
+    scored = []
+    with tqdm(total=sum(len(c.indices) for c in chunks), desc="evaluate", disable=not progress) as bar:
+        for chunk in chunks:
+            scored.append(grid.score_chunk(*chunk.inputs(pairs, digests)))
+            bar.update(len(chunk.indices))
+    return scored
