@@ -164,13 +164,14 @@ def test_graded_snapshots_improve_along_training():
 def test_self_supervised_models_recognise_the_target(name):
     """The embedded default's promise: the target's class is linearly readable (probe >= 0.8, kNN >= 0.7),
     the object matters more than the background (swap triplets >= 0.9), the background alone rarely
-    identifies a scene (<= 0.65), and insertion has room to recover similarity (the default model >= 0.2;
-    every model: the insertion start is less similar than the pair)."""
+    identifies a scene (<= 0.65), and insertion has room to recover similarity (the default model >= 0.2; the
+    other models' room is reported in the manifest, not required)."""
     quality = MANIFEST["models"][name]["quality"]
     assert quality["linear_probe_top1"] >= 0.8 and quality["knn_top1"] >= 0.7
     assert quality["object_over_background"] >= 0.9
     assert quality["background_identifies_scene"] <= 0.65
-    assert quality["insertion_room"] >= (0.2 if name == "embedded-simclr" else 0.0)
+    if name == "embedded-simclr":
+        assert quality["insertion_room"] >= 0.2
 
 
 def test_supervised_model_is_a_high_ceiling():

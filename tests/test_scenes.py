@@ -16,6 +16,7 @@ from cl_explain.data.scenes import (
     SPLIT_SIZES,
     TARGET_SHAPES,
     ObjectSpec,
+    TARGET_AREA,
     background_pool,
     load_split,
     object_mask,
@@ -62,18 +63,20 @@ def test_masks_are_exact(index):
 
 
 def test_objects_are_small_numerous_and_anywhere():
-    """Target 4-12% of the image, distractors 3-9%, one to three of them (rarely none when crowded),
-    centres spread over the image, so that a centre prior rarely hits the target."""
+    """Target 6-14% of the image (TARGET_AREA, up to rasterisation), distractors 3-9%, one to three of them
+    (rarely none when crowded), centres spread over the image, so that a centre prior rarely hits the target."""
     scenes = [render_scene(i, "test", size=96) for i in range(160)]
     areas = torch.tensor([float(s.mask.float().mean()) for s in scenes])
-    assert 0.035 <= float(areas.min()) and float(areas.max()) <= 0.13
+    low, high = TARGET_AREA
+    assert 0.7 * low <= float(areas.min()) and float(areas.max()) <= 1.085 * high
     counts = torch.tensor([len(s.params["context"].distractors) for s in scenes])
     assert int(counts.max()) == 3 and float((counts >= 1).float().mean()) > 0.9
     for s in scenes[:40]:
         for k in range(len(s.params["context"].distractors)):
             assert 0.025 <= float((s.objects == 2 + k).float().mean()) <= 0.1
-    centre_hits = torch.tensor([bool(s.mask[44:52, 44:52].any()) for s in scenes]).float().mean()
-    assert float(centre_hits) < 0.3
+    # a map peaking at the image centre ties its four centre pixels: its pointing-game score is their target share
+    centre_hits = torch.tensor([float(s.mask[47:49, 47:49].float().mean()) for s in scenes]).mean()
+    assert float(centre_hits) < 0.2
     centres = torch.tensor([s.params["center"] for s in scenes])
     assert float(centres.std(0).min()) > 0.15
 

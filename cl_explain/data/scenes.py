@@ -4,7 +4,7 @@ A scene holds one *target* object, whose class is the label, and one to three *d
 The target is one of four shapes (disk, square, triangle, cross) with one of two surface patterns
 (stripes, checks): 8 classes. Colours, size, pose and pattern scale are free, so they do not
 reveal the class. Distractors are other shapes (ring, star, ellipse) with plain or graded surfaces.
-They are as salient as the target but carry no class. The target covers 5-12% of the image, each
+They are as salient as the target but carry no class. The target covers 6-14% of the image, each
 distractor 3-9%; every object sits anywhere, wholly inside the image and clear of the others (when a
 scene is too crowded for its target, its last distractors are left out).
 
@@ -91,7 +91,7 @@ SPLIT_SIZES = {"train": 4000, "val": 800, "test": 800}
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 DEFAULT_SIZE = 96
 #: Share of the image area of the target and of each distractor (all within 3-15%).
-TARGET_AREA, DISTRACTOR_AREA = (0.05, 0.12), (0.03, 0.09)
+TARGET_AREA, DISTRACTOR_AREA = (0.06, 0.14), (0.03, 0.09)
 #: Instance-map codes: 0 = background, 1 = target, 2.. = distractors.
 TARGET_ID = 1
 

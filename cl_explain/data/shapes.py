@@ -42,7 +42,7 @@ def object_radius(spec: ObjectSpec, size: int) -> float:
         "disk": math.pi,
         "square": 2.0,
         "triangle": 3 * math.sqrt(3) / 4,
-        "cross": 2.3616,
+        "cross": 1.75,
         "ring": math.pi * (1 - 0.55**2),
         "star": math.pi * 0.40375,
         "ellipse": math.pi / 2.2,
@@ -66,7 +66,7 @@ def shape_mask(shape: str, u: np.ndarray, v: np.ndarray, radius: float) -> np.nd
             axis=0,
         )
     if shape == "cross":
-        arm = 0.36 * radius
+        arm = 0.25 * radius
         return ((np.abs(u) <= arm) & (np.abs(v) <= radius)) | ((np.abs(v) <= arm) & (np.abs(u) <= radius))
     if shape == "ring":
         d2 = u**2 + v**2

@@ -37,9 +37,13 @@ class TrainConfig:
     fixed_predictor_lr: bool = False  # SimSiam: keep the predictor's learning rate constant (no cosine decay)
     optimizer: str = "adamw"  # or "sgd" (momentum 0.9, as the SimSiam paper; weight decay then is L2)
     max_steps: int | None = None  # stop early (tests)
-    redraw_p: float = 0.5  # background augmentation: chance that a view shows the target on another scene's context
+    redraw_p: float = 0.75  # background augmentation: chance that a view shows the target on another scene's context
     crop_scale: tuple[float, float] = (0.2, 1.0)  # area range of the training views' random resized crop
     min_visible: float = 0.5  # share of the target's pixels every training crop keeps
+    # training views' colour jitter (brightness, contrast, saturation, hue) and grayscale probability: stronger
+    # than the SimCLR recipe's (hue 0.2, grayscale 0.2), since the two views of a scene share the target's colours
+    jitter: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.5)
+    gray_p: float = 0.5
     snapshots: tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -59,18 +63,17 @@ class TrainConfig:
 
 
 #: Every objective trains on the same twelve cycled view banks (two threads, channels-last), so one
-#: `make models` renders the views once. SSL views show the target on another scene's context half of the
-#: time (`redraw_p`), so that only the object is sure to be shared by the two views. The non-contrastive
+#: `make models` renders the views once. Views show the target on another scene's context three times in
+#: four (`redraw_p`), so that the two views of a pair rarely share more than the object. The non-contrastive
 #: objectives keep the settings the first generation of the default measured: Barlow Twins a wide projector and
 #: weight decay 0.05, SimSiam SGD with the predictor at a constant rate (AdamW runs collapsed partly).
 _SHARED = dict(view_epochs=12, channels_last=True, threads=2)
 DEFAULT_CONFIGS = {
-    "simclr": TrainConfig("simclr", epochs=60, snapshots=tuple(SIMCLR_SNAPSHOTS), **_SHARED),
-    "supervised": TrainConfig("supervised", epochs=60, **_SHARED),
-    "barlow-twins": TrainConfig("barlow-twins", epochs=60, out_dim=512, weight_decay=0.05, **_SHARED),
+    "simclr": TrainConfig("simclr", epochs=70, snapshots=tuple(SIMCLR_SNAPSHOTS), **_SHARED),
+    "barlow-twins": TrainConfig("barlow-twins", epochs=70, out_dim=512, weight_decay=0.05, **_SHARED),
     "simsiam": TrainConfig(
         "simsiam",
-        epochs=60,
+        epochs=70,
         out_dim=512,
         optimizer="sgd",
         lr=0.03,
@@ -78,4 +81,5 @@ DEFAULT_CONFIGS = {
         fixed_predictor_lr=True,
         **_SHARED,
     ),
+    "supervised": TrainConfig("supervised", epochs=70, **_SHARED),
 }

@@ -30,7 +30,8 @@ def quality_table(manifest: dict | None = None) -> str:
         objective = entry["objective"]
         if objective not in seen_init and "random_init_quality" in entry:
             seen_init.add(objective)
-            rows.append([f"{objective} at random init"] + [_cell(entry["random_init_quality"], k) for k, _ in QUALITY_COLUMNS])
+            baseline = entry["random_init_quality"]
+            rows.append([f"{objective} at random init"] + [_cell(baseline, key) for key, _ in QUALITY_COLUMNS])
     return table(["model"] + [header for _, header in QUALITY_COLUMNS], rows)
 
 
@@ -56,7 +57,9 @@ def pointing_table(manifest: dict | None = None) -> str:
     """Pointing-game hit rates of maps that know nothing, per pair mode."""
     manifest = manifest if manifest is not None else read_manifest()
     baselines = manifest["dataset"]["pointing_baselines"]
-    rows = [[mode, f"{rates['random_map']:.3f}", f"{rates['centred_gaussian']:.3f}"] for mode, rates in baselines.items()]
+    rows = [
+        [mode, f"{rates['random_map']:.3f}", f"{rates['centred_gaussian']:.3f}"] for mode, rates in baselines.items()
+    ]
     return table(["pairs", "random map", "centred Gaussian"], rows)
 
 

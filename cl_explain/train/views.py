@@ -58,7 +58,7 @@ def training_view(
     if torch.rand((), generator=generator) < SIMCLR_RECIPE["flip_p"]:
         view = view.flip(-1)
     recipe = SIMCLR_RECIPE
-    return photometric(view, generator, size, recipe["jitter"], recipe["jitter_p"], recipe["gray_p"], recipe["blur_p"])
+    return photometric(view, generator, size, config.jitter, recipe["jitter_p"], config.gray_p, recipe["blur_p"])
 
 
 def view_bank(scenes: SceneSet, config: TrainConfig, epoch: int, n_views: int = 2) -> torch.Tensor:
@@ -148,7 +148,10 @@ class _ViewBanks:
         """Cache key of the bank that `epoch` trains on (banks cycle after `config.view_epochs`)."""
         c = self.config
         bank = epoch if c.view_epochs is None else (epoch - 1) % c.view_epochs + 1
-        return (c.seed, bank, c.size, c.data_seed, len(self.scenes), c.redraw_p, tuple(c.crop_scale), c.min_visible)
+        return (c.seed, bank, c.size, c.data_seed, len(self.scenes), c.redraw_p, tuple(c.crop_scale), c.min_visible) + (
+            tuple(c.jitter),
+            c.gray_p,
+        )
 
     def _missing(self, epoch: int) -> list[tuple]:
         """Keys of the banks after `epoch`'s that are neither cached nor being rendered, in order."""
