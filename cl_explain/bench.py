@@ -398,6 +398,40 @@ def resnet50_similarity_model(seed: int = 0) -> SimilarityModel:
     ).eval()
 
 
+# ------------------------------------------------------------------------ what the scripts measure on
+
+
+def reduced_params(
+    stride: int, erasures: int, smoothgrad_samples: int, invariance_samples: int, invariance_epochs: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """Method parameters for a run cheaper than the paper's (scripts/benchmark.py, bf16_fidelity.py, gpu_check.py).
+
+    One entry per method whose cost a setting scales: the window stride of both occlusion grids, the
+    erasures of pairwise occlusion, the SmoothGrad samples and the pixel-invariance augmentations (and,
+    if given, its epochs). Methods left out run with the paper's defaults.
+    """
+    invariance = {"samples": invariance_samples}
+    if invariance_epochs is not None:
+        invariance["epochs"] = invariance_epochs
+    return {
+        "occlusion": {"stride": stride},
+        "context_agnostic_occlusion": {"stride": stride},
+        "pairwise_occlusion": {"erasures": erasures},
+        "smoothgrad": {"samples": smoothgrad_samples},
+        "pixel_invariance": invariance,
+    }
+
+
+def benchmark_pairs(model_name: str, n: int, size: int) -> list[Pair]:
+    """The pairs a benchmark model is measured on: held-out scene pairs (seed 0) for "embedded", photo
+    pairs (`photo_pairs`, so n <= len(PHOTOS)) for the random-weight ResNet-50 models."""
+    if model_name == "embedded":
+        from .data.pairings import scene_pairs
+
+        return scene_pairs(n, "test", seed=0, size=size)
+    return photo_pairs(n, size=size)
+
+
 #: scikit-image sample photos (bundled in its wheel) used for the ResNet-50 pairs, in order.
 PHOTOS = ("chelsea", "coffee", "astronaut")
 

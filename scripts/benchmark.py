@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cl_explain.bench import PassCount  # noqa: E402 (needs the path above)
+from cl_explain.bench import PassCount, reduced_params  # noqa: E402 (needs the path above)
 from cl_explain.explainers.base import get_method, list_methods  # noqa: E402
 from cl_explain.markdown import table as _table  # noqa: E402
 from cl_explain.metrics import METRICS  # noqa: E402
@@ -66,77 +66,57 @@ METRIC_EXPLANATION = "gradcam"
 RESNET_STEP = 3346
 
 #: Per model and size profile: pairs, batch size, method parameters (absent = paper default),
-#: metric options, the occlusion strides of the memory check, throughput batches (forward, fwd+bwd).
+#: metric options, the occlusion strides of the memory check, throughput batches (forward, fwd+bwd),
+#: and the throughput measured beside each row (forward batches, fwd+bwd batches, warm-up, images).
+#: A profile states what differs from its model's base.
+_RESNET50_BASE: dict[str, Any] = {"batch_size": 16, "methods": {}, "metrics": {}, "row_throughput": (1, 1, 0, 4)}
+_EMBEDDED_BASE: dict[str, Any] = {
+    "batch_size": 64,
+    "methods": {},
+    "metrics": {},
+    "memory_strides": (),
+    "throughput_batches": (20, 20),
+    "row_throughput": (10, 10, 1, 128),
+}
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "resnet50": {
         "reduced": {
+            **_RESNET50_BASE,
             "pairs": 2,
-            "batch_size": 16,
-            "methods": {
-                "occlusion": {"stride": 32},
-                "context_agnostic_occlusion": {"stride": 32},
-                "pairwise_occlusion": {"erasures": 16},
-                "smoothgrad": {"samples": 16},
-                "pixel_invariance": {"samples": 64},
-            },
+            "methods": reduced_params(stride=32, erasures=16, smoothgrad_samples=16, invariance_samples=64),
             "metrics": {"step": RESNET_STEP, "n_draws": 3},
             "memory_strides": (16,),
             "throughput_batches": (2, 1),
-            "row_throughput": (1, 1, 0, 4),
         },
         "quick": {
+            **_RESNET50_BASE,
             "pairs": 1,
-            "batch_size": 16,
-            "methods": {
-                "occlusion": {"stride": 64},
-                "context_agnostic_occlusion": {"stride": 64},
-                "pairwise_occlusion": {"erasures": 16},
-                "smoothgrad": {"samples": 16},
-                "pixel_invariance": {"samples": 16, "epochs": 100},
-            },
+            "methods": reduced_params(
+                stride=64, erasures=16, smoothgrad_samples=16, invariance_samples=16, invariance_epochs=100
+            ),
             "metrics": {"step": RESNET_STEP, "n_draws": 1},
             "memory_strides": (32,),
             "throughput_batches": (1, 1),
-            "row_throughput": (1, 1, 0, 4),
         },
         "full": {
+            **_RESNET50_BASE,
             "pairs": 3,
-            "batch_size": 16,
-            "methods": {},
-            "metrics": {},
             "memory_strides": (8,),
             "throughput_batches": (3, 2),
             "row_throughput": (2, 1, 0, 4),
         },
     },
     "embedded": {
-        "reduced": {
-            "pairs": 10,
-            "batch_size": 64,
-            "methods": {},
-            "metrics": {},
-            "memory_strides": (),
-            "throughput_batches": (20, 20),
-            "row_throughput": (10, 10, 1, 128),
-        },
+        "reduced": {**_EMBEDDED_BASE, "pairs": 10},
         "quick": {
+            **_EMBEDDED_BASE,
             "pairs": 2,
-            "batch_size": 64,
             "methods": {"pixel_invariance": {"samples": 128}},
             "metrics": {"n_draws": 2},
-            "memory_strides": (),
             "throughput_batches": (5, 5),
             "row_throughput": (5, 5, 1, 64),
         },
-        "full": {
-            "pairs": 20,
-            "batch_size": 64,
-            "methods": {},
-            "metrics": {},
-            "memory_strides": (),
-            "throughput_batches": (20, 20),
-            "row_throughput": (10, 10, 1, 128),
-        },
+        "full": {**_EMBEDDED_BASE, "pairs": 20},
     },
 }
 MODEL_TITLES = {
@@ -182,11 +162,7 @@ def build_model(name: str):
 def build_pairs(model_name: str, n: int):
     from cl_explain import bench
 
-    if model_name == "resnet50":
-        return bench.photo_pairs(n, size=224)
-    from cl_explain.data.pairings import scene_pairs
-
-    return scene_pairs(n, "test", seed=0, size=64)
+    return bench.benchmark_pairs(model_name, n, size=224 if model_name == "resnet50" else 64)
 
 
 def _warm_up(model, pairs, backward: bool) -> None:

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from cl_explain.bench import reduced_params  # noqa: E402 (needs the path above)
+
 METHODS = (
     "occlusion",
     "context_agnostic_occlusion",
@@ -44,13 +46,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "resnet50": {
         "size": 112,
         "pairs": 2,
-        "methods": {
-            "occlusion": {"stride": 8},
-            "context_agnostic_occlusion": {"stride": 8},
-            "pairwise_occlusion": {"erasures": 32},
-            "smoothgrad": {"samples": 10},
-            "pixel_invariance": {"samples": 100},
-        },
+        "methods": reduced_params(stride=8, erasures=32, smoothgrad_samples=10, invariance_samples=100),
         "metrics": {"step": 784},  # 17 curve points at 112 px
     },
     # the paper's size and method settings, for a GPU (scripts/gpu_check.py); AUCs on 17 curve points
@@ -64,15 +60,14 @@ TITLES = {
 
 
 def build(model_name: str, pairs: int, size: int, device: str):
-    """(model, pairs) for a model key."""
+    """(model, pairs) for a model key (ResNet-50 keys: at most len(bench.PHOTOS) pairs)."""
     from cl_explain import bench, load_model
-    from cl_explain.data.pairings import scene_pairs
 
     if model_name == "embedded":
-        return load_model("embedded-simclr", device=device), scene_pairs(pairs, "test", seed=0, size=size)
-    return bench.resnet50_similarity_model(seed=0).to(device), bench.photo_pairs(
-        min(pairs, len(bench.PHOTOS)), size=size
-    )
+        model = load_model("embedded-simclr", device=device)
+    else:
+        model, pairs = bench.resnet50_similarity_model(seed=0).to(device), min(pairs, len(bench.PHOTOS))
+    return model, bench.benchmark_pairs(model_name, pairs, size)
 
 
 def measure(

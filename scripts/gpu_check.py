@@ -29,18 +29,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from cl_explain.bench import reduced_params  # noqa: E402 (needs the path above)
+from cl_explain.markdown import table as _table  # noqa: E402
+
 #: Parity settings: the embedded default at paper settings; the ResNet-50 with the benchmark's reduced grid.
 PARITY = {
     "embedded": {"pairs": 2, "methods": {"pixel_invariance": {"samples": 200}}},
     "resnet50": {
         "pairs": 1,
-        "methods": {
-            "occlusion": {"stride": 32},
-            "context_agnostic_occlusion": {"stride": 32},
-            "pairwise_occlusion": {"erasures": 32},
-            "smoothgrad": {"samples": 8},
-            "pixel_invariance": {"samples": 64},
-        },
+        "methods": reduced_params(stride=32, erasures=32, smoothgrad_samples=8, invariance_samples=64),
     },
 }
 
@@ -51,11 +48,6 @@ def _script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def run_tests() -> str:

@@ -31,6 +31,8 @@ from cl_explain.models.checkpoint_io import (
 from cl_explain.models.paper import PAPER_MODELS, fold_weight_norm, resnet50_from_state_dict
 from cl_explain.models.similarity import IMAGENET_MEAN, IMAGENET_STD
 
+from helpers import Weights
+
 SIDE = 32
 STAGES = ["stem", "layer1", "layer2", "layer3", "layer4"]
 
@@ -67,37 +69,6 @@ def load(name: str, path, **kwargs):
 # ----------------------------------------------------------------------------------------------
 # Reference networks with random weights
 # ----------------------------------------------------------------------------------------------
-class Weights:
-    """Seeded pseudo-random weights that are cheap to make, save and load.
-
-    Real-size files would take minutes to write here (SimCLRv2 2x and Barlow Twins hold ~130M and
-    ~175M numbers). So, unless `compact=False`, every weight is a strided view into one pool of
-    normal samples: output unit i reads the pool window starting STEP * i after the tensor's random
-    offset. Units and layers all differ (a permuted, transposed or swapped weight changes the
-    output), yet torch.save stores the pool once and torch.load restores the same views.
-    References compute with contiguous copies (`dense`), which are much faster in convolutions.
-    """
-
-    STEP = 7
-
-    def __init__(self, seed: int, compact: bool = True) -> None:
-        self.gen = torch.Generator().manual_seed(seed)
-        self.pool = torch.randn(1 << 21, generator=self.gen)
-        self.compact = compact
-
-    def matrix(self, shape) -> torch.Tensor:
-        shape = tuple(shape)
-        inner = torch.Size(shape[1:]).numel()
-        strides = [self.STEP] + [torch.Size(shape[i + 1 :]).numel() for i in range(1, len(shape))]
-        span = (shape[0] - 1) * self.STEP + inner
-        offset = int(torch.randint(len(self.pool) - span, (1,), generator=self.gen))
-        view = self.pool.as_strided(shape, strides, offset)
-        return view if self.compact else view.clone(memory_format=torch.contiguous_format)
-
-    def around(self, n: int, centre: float, spread: float) -> torch.Tensor:
-        return centre + spread * (2 * torch.rand(n, generator=self.gen) - 1)
-
-
 def dense(state: dict) -> dict:
     """Contiguous copies of the compact views (other tensors, e.g. BN statistics, are shared)."""
     return {key: value.contiguous() for key, value in state.items()}

@@ -15,13 +15,14 @@ import hashlib
 
 import pytest
 import torch
-from test_paper_models import Weights  # compact seeded weights: strided views of one pool, saved once
 
 import cl_explain
 from cl_explain.models.checkpoint_io import CheckpointError
 from cl_explain.models.similarity import IMAGENET_MEAN, IMAGENET_STD
 from cl_explain.models.vit import TokenMap, ViTSimilarityModel
 from cl_explain.models.vit_checkpoints import VIT_MODELS, vit_from_state_dict
+
+from helpers import Weights  # compact seeded weights: strided views of one pool, saved once
 
 timm = pytest.importorskip("timm")
 

@@ -4,6 +4,20 @@ Both need the last-stage feature maps F1, F2 and the gradients G_k = dS/dF_k of 
 S = cos(f(x1), f(x2)). The backbone runs once under no_grad; only the pooling + head part is
 differentiated (torch.autograd.grad w.r.t. the feature maps), so parameter .grad is never touched.
 Maps are at feature resolution (h x w), raw (not normalised).
+
+* Pair Grad-CAM: image k's map is the channel sum of F_k * ReLU(G_k), position by position (as the
+  authors' code computes it), or, the classic way, the ReLU of the channel sum of F_k with each
+  channel weighted by the spatial mean of its gradient.
+* Interaction-CAM: before the channel sum, each channel is also scaled by a weight shared by both
+  images, r(F1) * r(F2), where r pools a feature map to one value per channel (mean, max or
+  attention pooling); a channel counts only when it is active in both images. Optionally the
+  gradients are replaced by their interaction across the two images (IntGradMax: per channel, the
+  largest entry of that channel's row, or column, of G1^T G2).
+
+Source: F. Sammani, B. Joukovsky, N. Deligiannis, "Visualizing and Understanding Contrastive
+Learning", IEEE TIP 2023 (arXiv 2206.09753): Interaction-CAM is proposed there, with Grad-CAM
+adapted to the pair as its baseline. Grad-CAM: Selvaraju et al., "Grad-CAM: Visual Explanations from
+Deep Networks via Gradient-based Localization", ICCV 2017.
 """
 
 from __future__ import annotations

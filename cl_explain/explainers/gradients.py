@@ -4,6 +4,23 @@ All three differentiate the explained score S = cos(f(x1), f(x2)) with respect t
 only (`torch.autograd.grad`; parameter `.grad` fields are never written). Pairs of a batch are
 independent (eval-mode BatchNorm), so a batch of B pairs needs one forward and one backward pass:
 the gradient of sum_b S_b with respect to pair b's images is the gradient of S_b alone.
+
+With g_k the gradient of S with respect to image k's pixels:
+
+* Input x Gradient: image k's map is the largest of |x_k * g_k| over the colour channels;
+* SmoothGrad: the same with g_k averaged over draws that add one Gaussian noise sample to both
+  images alike;
+* Averaged Transforms (proposed by the paper): x1 is compared with images on the straight path from
+  a pixel-aligned transformed copy T(x1) back to x1; the gradients of those similarities, for x1
+  and for the path image, are averaged over the path and multiplied by x1 and by the path image
+  nearest to T(x1) as above.
+
+Each can use guided backpropagation (every ReLU lets only positive gradients through).
+
+Source: F. Sammani, B. Joukovsky, N. Deligiannis, "Visualizing and Understanding Contrastive
+Learning", IEEE TIP 2023 (arXiv 2206.09753), its gradient methods: Averaged Transforms is proposed
+there; Input x Gradient (Shrikumar et al., 2016) and SmoothGrad (Smilkov et al., 2017) are applied
+to the pair as baselines.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ One image is explained. T no-shift augmentations a_t (colour jitter, grayscale, 
 stay aligned) are labelled with y_t = cos(f(pure), f(a_t)). A linear surrogate on the images resized
 to s x s, pred_t = (w.pure + b + w.a_t + b) / 2, is fitted to the labels with binary cross-entropy on
 logits (summed) + l1 * (|w|_1 + |b|) by full-batch SGD. Its weights, as an image, are the map.
+
+Source: F. Sammani, B. Joukovsky, N. Deligiannis, "Visualizing and Understanding Contrastive
+Learning", IEEE TIP 2023 (arXiv 2206.09753), its Pixel Invariance method.
 """
 
 from __future__ import annotations

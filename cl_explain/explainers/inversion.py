@@ -3,6 +3,19 @@
 Both optimise an image in [0, 1] pixel space through the model's own preprocessing (the original
 inversion code fed unnormalised pixels to a normalised network; we do not). Gradients are
 taken with respect to the image only; the model is never modified.
+
+* Feature inversion: starting from noise, find an image whose backbone features at a chosen depth
+  match those of a given image (relative squared error), with a penalty on large pixel values and a
+  total-variation smoothness penalty; done for a self-supervised and a supervised backbone of the
+  same architecture, what each inversion recovers shows what that backbone keeps.
+* Feature visualisation: gradient ascent on an image, coarse to fine over octaves, either towards
+  a high similarity with a target image's features or towards large features; the change from
+  the starting image is what the backbone responds to.
+
+Source: F. Sammani, B. Joukovsky, N. Deligiannis, "Visualizing and Understanding Contrastive
+Learning", IEEE TIP 2023 (arXiv 2206.09753), its analysis of what contrastive backbones learn by
+feature inversion and feature visualisation. Feature inversion: Mahendran and Vedaldi,
+"Understanding Deep Image Representations by Inverting Them", CVPR 2015.
 """
 
 from __future__ import annotations

@@ -1,8 +1,24 @@
 """Perturbation explainers (the paper's occlusion family): conditional, context-agnostic and pairwise occlusion.
 
+With S = cos(f(x1), f(x2)), and "zeroed" meaning set to zero in model input space:
+
+* conditional occlusion slides a square window over one image while the other stays intact; a
+  window position's value is how far S falls when that window is zeroed;
+* context-agnostic occlusion judges a window apart from its surroundings: its value is the cosine
+  between the other image's embedding and f(only the window kept) - f(the window zeroed); each map
+  is min-max normalised;
+* pairwise occlusion erases a random rectangle in both images at once, many times; each draw's fall
+  of S, softmax-weighted over the draws, is credited to the erased pixels of the image whose
+  perturbed embedding has the smaller norm, and each map is divided by its maximum.
+
 All three run under no_grad, embed each unperturbed image once, and build perturbed images batch by
 batch (`batch_size` at a time) with tensor masks, so memory stays bounded whatever the grid size.
 The grid helpers (`occlusion_grid`, `rectangle_masks`, `embed_occluded`) are public for reuse.
+
+Source: F. Sammani, B. Joukovsky, N. Deligiannis, "Visualizing and Understanding Contrastive
+Learning", IEEE TIP 2023 (arXiv 2206.09753), its perturbation methods Conditional Occlusion,
+Context-Agnostic Conditional Occlusion and Pairwise Occlusion. Occlusion of a single image's
+prediction goes back to Zeiler and Fergus, ECCV 2014.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ R = A'_L ... A'_2 A'_1. Row i of R says how much of each input token flows into 
 top. The map is the row of the pooled token -- the CLS token, or the mean of the patch rows for a
 mean-pooled model -- at the patch columns, on the patch grid. It uses attention only: values,
 MLPs and the other image play no part, which is why it serves as a baseline, not a pair method.
+
+Not in Sammani, Joukovsky, Deligiannis, "Visualizing and Understanding Contrastive Learning", IEEE
+TIP 2023 (arXiv 2206.09753): a Vision Transformer baseline added beside its methods.
 """
 
 from __future__ import annotations

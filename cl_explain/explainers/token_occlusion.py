@@ -14,6 +14,10 @@ value per window position, like the pixel occlusion map.
   min-max normalised.
 
 The prefix tokens (CLS, registers) are always kept.
+
+Not in the paper: a Vision Transformer counterpart of the conditional and context-agnostic occlusion
+of F. Sammani, B. Joukovsky, N. Deligiannis, "Visualizing and Understanding Contrastive Learning",
+IEEE TIP 2023 (arXiv 2206.09753).
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ Each map is min-max normalised to [0, 1] and used as a soft mask, x~ = map * x. 
   for base > 0 (as for the class probabilities of the original Grad-CAM++ metric). For base <= 0 the
   drop is reported as undefined (None here; the harness marks it "not applicable" and leaves it out)
   while the increase 1[score > base] is still defined.
+
+Source: F. Sammani, B. Joukovsky, N. Deligiannis, "Visualizing and Understanding Contrastive
+Learning", IEEE TIP 2023 (arXiv 2206.09753), its pair adaptation of average drop / increase in
+confidence (Chattopadhyay et al., Grad-CAM++, WACV 2018).
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ Maps are bilinearly resized to the mask (= image) size first.
   A map without positive values has no energy: `MetricNotApplicable`.
 
 An empty mask (the object is not visible in this view, e.g. cropped away) is `MetricNotApplicable`.
+
+Not in Sammani, Joukovsky, Deligiannis, "Visualizing and Understanding Contrastive Learning", IEEE
+TIP 2023 (arXiv 2206.09753). Pointing game: Zhang et al., "Top-down Neural Attention by Excitation
+Backprop", ECCV 2016; energy-based pointing game: Wang et al., "Score-CAM", CVPR Workshops 2020.
 """
 
 from __future__ import annotations

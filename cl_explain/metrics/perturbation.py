@@ -1,5 +1,8 @@
 """Insertion and deletion curves for pair explanations (the paper's pair version of insertion/deletion).
 
+Source: F. Sammani, B. Joukovsky, N. Deligiannis, "Visualizing and Understanding Contrastive
+Learning", IEEE TIP 2023 (arXiv 2206.09753); insertion/deletion: Petsiuk et al., RISE, BMVC 2018.
+
 A map ranks the pixels of its image (most salient first; ties keep raster order, so a constant map
 perturbs row by row). Curve point i perturbs the `counts[i]` top-ranked pixels (all channels):
 

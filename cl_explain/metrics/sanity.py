@@ -10,6 +10,9 @@ method whose maps do not change when the weights are destroyed does not explain 
 Re-initialisation calls each submodule's `reset_parameters()` (BatchNorm also resets its running
 statistics) under a seeded RNG that does not disturb the global one. If either map is constant the
 rank correlation is undefined; we report 0 (no shared ranking) rather than NaN.
+
+Not in Sammani, Joukovsky, Deligiannis, "Visualizing and Understanding Contrastive Learning", IEEE
+TIP 2023 (arXiv 2206.09753): added to test its explanations' dependence on the weights.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ images leave [0, 1] slightly and are re-explained by `explain_perturbed` (`expla
 check). `clip=True` clips them to [0, 1] first.
 Methods registered with `sensitivity=False` (occlusion methods, pixel invariance: "NA" in the paper)
 raise `MetricNotApplicable`, as does an all-zero reference map (the ratio is undefined).
+
+Source: F. Sammani, B. Joukovsky, N. Deligiannis, "Visualizing and Understanding Contrastive
+Learning", IEEE TIP 2023 (arXiv 2206.09753), its pair adaptation of max-sensitivity (Yeh et al., "On
+the (In)fidelity and Sensitivity of Explanations", NeurIPS 2019).
 """
 
 from __future__ import annotations
