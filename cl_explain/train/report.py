@@ -1,6 +1,6 @@
-"""Markdown tables of the manifest: the quality numbers and the build times of the embedded models.
+"""Markdown tables of the manifest: quality numbers, pointing-game baselines and build times of the embedded models.
 
-`python -m cl_explain.train.report` prints both; data/README.md and the closing notes of the
+`python -m cl_explain.train.report` prints all three; data/README.md and the closing notes of the
 embedded-default work quote them, so the documented numbers are those the tests recompute.
 """
 
@@ -36,7 +36,7 @@ def quality_table(manifest: dict | None = None) -> str:
 
 
 def build_table(manifest: dict | None = None) -> str:
-    """Seconds of optimisation, of waiting for the view banks, steps and size of each checkpoint."""
+    """Epoch, seconds of optimisation and of waiting for the view banks, and size (MB) of each checkpoint."""
     manifest = manifest if manifest is not None else read_manifest()
     rows = [
         [

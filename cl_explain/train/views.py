@@ -148,10 +148,8 @@ class _ViewBanks:
         """Cache key of the bank that `epoch` trains on (banks cycle after `config.view_epochs`)."""
         c = self.config
         bank = epoch if c.view_epochs is None else (epoch - 1) % c.view_epochs + 1
-        return (c.seed, bank, c.size, c.data_seed, len(self.scenes), c.redraw_p, tuple(c.crop_scale), c.min_visible) + (
-            tuple(c.jitter),
-            c.gray_p,
-        )
+        view_recipe = (c.redraw_p, tuple(c.crop_scale), c.min_visible, tuple(c.jitter), c.gray_p)
+        return (c.seed, bank, c.size, c.data_seed, len(self.scenes), *view_recipe)
 
     def _missing(self, epoch: int) -> list[tuple]:
         """Keys of the banks after `epoch`'s that are neither cached nor being rendered, in order."""
