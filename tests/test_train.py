@@ -208,6 +208,26 @@ def test_fixed_predictor_lr_keeps_only_the_simsiam_predictor_at_the_base_rate(ob
     )
 
 
+def test_warmup_ramps_linearly_then_the_cosine_starts_from_the_base_rate():
+    from cl_explain.models.embedded import build_backbone, build_head
+    from cl_explain.train.loop import _optimizer
+
+    config = TrainConfig("simsiam", width=4, lr=0.2, optimizer="sgd", fixed_predictor_lr=True)
+    backbone, head = build_backbone(4), build_head("simsiam", 4)
+    optimizer, schedule = _optimizer(config, backbone, head, total_steps=10, warmup_steps=4)
+    rates = []
+    for _ in range(10):
+        rates.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        schedule.step()
+    # steps 0-3: 1/4, 2/4, 3/4, 4/4 of the base rate in both groups; then the scheduled group decays over
+    # the 6 remaining steps (cosine of 0/6 .. 5/6 of pi) while the predictor stays at the base rate
+    ramp = [0.05, 0.1, 0.15, 0.2]
+    decay = [0.1 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]
+    assert [r[0] for r in rates] == pytest.approx(ramp + decay)
+    assert [r[1] for r in rates] == pytest.approx(ramp + [0.2] * 6)
+
+
 @pytest.mark.parametrize(
     "out_dim, widths",
     [

@@ -34,6 +34,7 @@ class TrainConfig:
     threads: int = 1  # part of the determinism contract: same threads -> same weights
     view_epochs: int | None = None  # distinct view banks, cycled: epoch e uses bank (e - 1) % view_epochs + 1
     channels_last: bool = False  # train the backbone in channels-last layout (about 1.3x faster on CPU; other rounding)
+    warmup_epochs: int = 0  # linear learning-rate warm-up before the cosine decay
     fixed_predictor_lr: bool = False  # SimSiam: keep the predictor's learning rate constant (no cosine decay)
     optimizer: str = "adamw"  # or "sgd" (momentum 0.9, as the SimSiam paper; weight decay then is L2)
     max_steps: int | None = None  # stop early (tests)

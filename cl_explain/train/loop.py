@@ -41,10 +41,11 @@ def _loss(
 
 
 def _optimizer(
-    config: TrainConfig, backbone: nn.Module, head: nn.Module, total_steps: int
+    config: TrainConfig, backbone: nn.Module, head: nn.Module, total_steps: int, warmup_steps: int = 0
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (or SGD with momentum 0.9) over all weights with a cosine decay to 0 over `total_steps`;
-    with `fixed_predictor_lr` (SimSiam) the predictor keeps the base learning rate, as in the SimSiam paper."""
+    """AdamW (or SGD with momentum 0.9) over all weights: a linear warm-up over `warmup_steps`, then a
+    cosine decay to 0 at `total_steps`; with `fixed_predictor_lr` (SimSiam) the predictor keeps the base
+    learning rate after the warm-up, as in the SimSiam paper."""
     fixed = list(head.predictor.parameters()) if config.fixed_predictor_lr and config.objective == "simsiam" else []
     fixed_ids = {id(p) for p in fixed}
     scheduled = [p for p in list(backbone.parameters()) + list(head.parameters()) if id(p) not in fixed_ids]
@@ -54,10 +55,16 @@ def _optimizer(
     else:
         optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
-    def cosine(step: int) -> float:
-        return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    def warmup(step: int) -> float:
+        return (step + 1) / warmup_steps if step < warmup_steps else 1.0
 
-    factors = [cosine] + [lambda step: 1.0] * len(groups[1:])
+    def cosine(step: int) -> float:
+        if step < warmup_steps:
+            return warmup(step)
+        progress = (min(step, total_steps) - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    factors = [cosine] + [warmup] * len(groups[1:])
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
@@ -97,7 +104,8 @@ def train(
         total = steps_per_epoch * config.epochs
         if config.max_steps is not None:
             total = min(total, config.max_steps)
-        optimizer, schedule = _optimizer(config, backbone, head, total)
+        warmup_steps = min(config.warmup_epochs * steps_per_epoch, total)
+        optimizer, schedule = _optimizer(config, backbone, head, total, warmup_steps)
         shuffler = cpu_generator(config.seed)
         cfg = asdict(config)
         name = f"embedded-{config.objective}"
