@@ -67,11 +67,12 @@ class TrainConfig:
 #: `make models` renders the views once. Views show the target on another scene's context three times in
 #: four (`redraw_p`), so that the two views of a pair rarely share more than the object. The non-contrastive
 #: objectives keep the settings the first generation of the default measured: Barlow Twins a wide projector and
-#: weight decay 0.05, SimSiam SGD with the predictor at a constant rate (AdamW runs collapsed partly).
+#: weight decay 0.05 (and 80 epochs: at 70 it stopped at probe 0.782, kNN 0.699), SimSiam SGD with the predictor
+#: at a constant rate (AdamW runs collapsed partly).
 _SHARED = dict(view_epochs=12, channels_last=True, threads=2)
 DEFAULT_CONFIGS = {
     "simclr": TrainConfig("simclr", epochs=70, snapshots=tuple(SIMCLR_SNAPSHOTS), **_SHARED),
-    "barlow-twins": TrainConfig("barlow-twins", epochs=70, out_dim=512, weight_decay=0.05, **_SHARED),
+    "barlow-twins": TrainConfig("barlow-twins", epochs=80, out_dim=512, weight_decay=0.05, **_SHARED),
     "simsiam": TrainConfig(
         "simsiam",
         epochs=70,
