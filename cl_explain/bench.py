@@ -422,14 +422,16 @@ def reduced_params(
     }
 
 
-def benchmark_pairs(model_name: str, n: int, size: int) -> list[Pair]:
-    """The pairs a benchmark model is measured on: held-out scene pairs (seed 0) for "embedded", photo
-    pairs (`photo_pairs`, so n <= len(PHOTOS)) for the random-weight ResNet-50 models."""
+def benchmark_pairs(model_name: str, n: int, size: int | None = None) -> list[Pair]:
+    """The pairs a benchmark model is measured on: held-out scene pairs (seed 0, default: the scenes'
+    own side) for "embedded", photo pairs (`photo_pairs`, so n <= len(PHOTOS); default 224 px) for the
+    random-weight ResNet-50 models."""
     if model_name == "embedded":
         from .data.pairings import scene_pairs
+        from .data.scenes import DEFAULT_SIZE
 
-        return scene_pairs(n, "test", seed=0, size=size)
-    return photo_pairs(n, size=size)
+        return scene_pairs(n, "test", seed=0, size=size or DEFAULT_SIZE)
+    return photo_pairs(n, size=size or 224)
 
 
 #: scikit-image sample photos (bundled in its wheel) used for the ResNet-50 pairs, in order.

@@ -43,6 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from cl_explain.bench import PassCount, reduced_params  # noqa: E402 (needs the path above)
+from cl_explain.data.scenes import DEFAULT_SIZE as SCENE_SIZE  # noqa: E402
 from cl_explain.explainers.base import get_method, list_methods  # noqa: E402
 from cl_explain.markdown import table as _table  # noqa: E402
 from cl_explain.metrics import METRICS  # noqa: E402
@@ -121,7 +122,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 }
 MODEL_TITLES = {
     "resnet50": "ResNet-50 similarity model, random weights, 224 px (the paper's architecture and cost)",
-    "embedded": "embedded default model, 64 px",
+    "embedded": f"embedded default model, {SCENE_SIZE} px",
 }
 
 
@@ -162,7 +163,7 @@ def build_model(name: str):
 def build_pairs(model_name: str, n: int):
     from cl_explain import bench
 
-    return bench.benchmark_pairs(model_name, n, size=224 if model_name == "resnet50" else 64)
+    return bench.benchmark_pairs(model_name, n)
 
 
 def _warm_up(model, pairs, backward: bool) -> None:

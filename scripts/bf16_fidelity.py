@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from cl_explain.bench import reduced_params  # noqa: E402 (needs the path above)
+from cl_explain.data.scenes import DEFAULT_SIZE as SCENE_SIZE  # noqa: E402
 
 METHODS = (
     "occlusion",
@@ -40,7 +41,7 @@ METHODS = (
 
 #: Per model: image side, pairs, method parameters (absent = paper default), metric options.
 SETTINGS: dict[str, dict[str, Any]] = {
-    "embedded": {"size": 64, "pairs": 10, "methods": {}, "metrics": {}},
+    "embedded": {"size": SCENE_SIZE, "pairs": 10, "methods": {}, "metrics": {}},
     # the random-weight ResNet-50 at half the paper's side, with smaller grids and sample counts so the
     # emulated bf16 of a 2-core CPU finishes in about half an hour
     "resnet50": {
@@ -53,7 +54,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "resnet50-224": {"size": 224, "pairs": 3, "methods": {}, "metrics": {"step": 3136}},
 }
 TITLES = {
-    "embedded": "embedded default (embedded-simclr), scene pairs at 64 px",
+    "embedded": f"embedded default (embedded-simclr), scene pairs at {SCENE_SIZE} px",
     "resnet50": "random-weight ResNet-50 + SimCLR-like head, photo pairs at 112 px",
     "resnet50-224": "random-weight ResNet-50 + SimCLR-like head, photo pairs at 224 px, paper settings",
 }

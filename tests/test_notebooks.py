@@ -21,6 +21,7 @@ import papermill
 import pytest
 import yaml
 
+from cl_explain import list_models
 from cl_explain.utils import repo_root
 
 ROOT = repo_root()
@@ -174,6 +175,12 @@ def test_params_files_name_only_parameters(profile, stem):
             f"{path.name}: {key}={value!r} is not {inspected[key]['inferred_type_name']}"
         )
     assert values["figure_dir"] == PROFILES[profile].format(stem=stem)
+    # Model names are strings nothing else checks before a long run reaches them.
+    named = [
+        v for key, value in values.items() if "model" in key for v in ([value] if isinstance(value, str) else value)
+    ]
+    unknown_models = sorted(set(named) - set(list_models()))
+    assert not unknown_models, f"{path.name}: {unknown_models} are not models (cl_explain.list_models())"
 
 
 @pytest.mark.parametrize("stem", STEMS)
