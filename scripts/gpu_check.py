@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -131,44 +129,40 @@ def occlusion_rows(device: str, quick: bool) -> str:
     """Conditional occlusion 64/8 (paper settings) on the random ResNet-50 at 224 px, 3 photo pairs."""
     import torch
 
-    from cl_explain.bench import PassCount, batch_aware_seconds, mean_count
+    from cl_explain.bench.jobs import Job, measure
+    from cl_explain.bench.report import format_ratio
     from cl_explain.precision import bf16_status, measuring_bf16
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # the speed users get
-    benchmark = _script("benchmark")
     rows = []
     precisions = ["fp32"] + (["bf16"] if bf16_status(device)[0] else [])
     for precision in precisions:
         for batch in (16,) if quick else ("auto", 64):
-            spec = {
-                "kind": "method",
-                "model": "resnet50",
-                "name": "occlusion",
-                "params": {"stride": 64} if quick else {},
-                "precision": precision,
-                "pairs": 1 if quick else 3,
-                "batch_size": batch,
-                "device": device,
-                "threads": None,
-                "maps_out": str(Path(tempfile.mkdtemp()) / "maps.pt"),
-                "row_throughput": (1, 1, 0, 4) if quick else (5, 1, 2, 256),
-            }
+            job = Job(
+                "method",
+                "resnet50",
+                pairs=1 if quick else 3,
+                batch_size=batch,
+                precision=precision,
+                device=device,
+                method="occlusion",
+                params={"stride": 64} if quick else {},
+                row_throughput=(1, 1, 0, 4) if quick else (5, 1, 2, 256),
+            )
             with measuring_bf16():  # timing only: whether occlusion accepts bf16 is the policy's (table above)
-                result = benchmark.worker(spec)
-            count = mean_count([PassCount.from_dict(c) for c in result["counts"]])
-            seconds = statistics.median(result["seconds"])
-            forward = count.forward_only / result["throughput"]["forward"]
-            own = batch_aware_seconds(count, {(s, g): r for s, g, r in result["batch_throughput"]})
+                result = measure(job)
+            row = result.outcome
+            forward = row.call_count.forward_only / row.rates.forward
             rows.append(
                 [
                     precision,
-                    str(result.get("batch_size", batch)),
-                    f"{seconds:.4f}",
-                    str(count.forward_only),
-                    f"{result['throughput']['forward']:.0f}",
+                    str(result.batch_size),
+                    f"{row.call_seconds:.4f}",
+                    str(row.call_count.forward_only),
+                    f"{row.rates.forward:.0f}",
                     f"{forward:.4f}",
-                    f"{seconds / forward:.2f}",
-                    f"{seconds / own:.2f}",
+                    f"{row.call_seconds / forward:.2f}",
+                    format_ratio(row.overhead_own_batches),
                 ]
             )
     setting = "window 64, stride 64, 1 photo pair (--quick)" if quick else "64/8 (paper), 3 photo pairs"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_explain import bench, explain
+from cl_explain.bench import report
+from cl_explain.bench.jobs import Failure, Job, JobResult, Measured, NotApplicable, Rates, run_job
+from cl_explain.bench.report import Entry, ModelSection
 from cl_explain.data.pairs import Pair
 from cl_explain.explainers.base import bf16_supported, list_methods
 from cl_explain.explainers.occlusion import occlusion_grid
@@ -250,43 +254,72 @@ def test_bf16_table_path_with_fp32_runs_standing_in(tmp_path):
     """The bf16 comparison of the script, fed an fp32 run twice (bf16 cannot run on AVX2-only CPUs)."""
     script = _load_script()
     runner = script.Bench(script.parse_args(["--quick", "--models", "embedded", "--output", str(tmp_path / "b.md")]))
-    runner.bf16 = {"supported": True, "reason": "stand-in"}
+    runner.bf16_supported, runner.bf16_reason = True, "stand-in"
     model, pairs = tiny_model(), tiny_pairs(2)
     run = bench.run_method(model, pairs, "occlusion", {"window": 6, "stride": 2}, batch_size=16)
     torch.save([list(maps) for maps in run.outputs], tmp_path / "maps.pt")
-    method = {
-        "seconds": run.seconds,
-        "counts": [c.as_dict() for c in run.counts],
-        "throughput": {"forward": 1e3},
-        "batch_throughput": [[size, grad, 1e3] for size, grad in run.counts[0].batches],
-        "peak_rss_mb": 10.0,
-        "baseline_rss_mb": 5.0,
-        "maps": str(tmp_path / "maps.pt"),
-        "settings": {},
-    }
+    rates = Rates(1e3)
+    method = Measured(
+        run.seconds,
+        run.counts,
+        rates,
+        [(size, grad, 1e3) for size, grad in run.counts[0].batches],
+        baseline_rss_mb=5.0,
+        peak_rss_mb=10.0,
+        maps=str(tmp_path / "maps.pt"),
+    )
     explanations = [explain(model, p.x1, p.x2, "gradcam") for p in pairs]
     metric_run = bench.run_metric(model, pairs, explanations, "deletion_simultaneous", {"step": 32}, batch_size=8)
-    metric = {
-        "seconds": metric_run.seconds,
-        "counts": [c.as_dict() for c in metric_run.counts],
-        "values": metric_run.outputs,
-        "throughput": {"forward": 1e3},
-        "batch_throughput": [[size, grad, 1e3] for size, grad in metric_run.counts[0].batches],
-        "settings": {},
-    }
-    runner.results["models"]["embedded"] = {
-        "title": "tiny",
-        "pairs": 2,
-        "batch_size": 16,
-        "throughput": {},
-        "memory": [],
-        "methods": {"occlusion": {"fp32": method, "bf16": dict(method)}},
-        "metrics": {"deletion_simultaneous": {"fp32": metric, "bf16": dict(metric)}},
-    }
+    metric = Measured(
+        metric_run.seconds,
+        metric_run.counts,
+        rates,
+        [(size, grad, 1e3) for size, grad in metric_run.counts[0].batches],
+        pairs_per_call=metric_run.pairs_per_call,
+        values=metric_run.outputs,
+    )
+    runner.sections["embedded"] = ModelSection(
+        "tiny",
+        2,
+        16,
+        methods={"occlusion": {"fp32": Entry({}, method), "bf16": Entry({}, method)}},
+        metrics={"deletion_simultaneous": {"fp32": Entry({}, metric), "bf16": Entry({}, metric)}},
+    )
     text = runner.markdown()
     # equal runs: speed-up 1.00 misses the 1.8x target of perturbation rows, agreement is perfect
     assert "| occlusion | 1.00 | 1.0000 |  | MISSED |" in text
     assert "| deletion_simultaneous | 1.00 |  | 0.0000 | MISSED |" in text
+    # the per-pair row: the counted passes of one pair and the overhead against 1000 img/s
+    count = bench.mean_count(run.counts)
+    assert method.overhead == pytest.approx(method.call_seconds / (count.forward_only / 1e3))
+    assert f"| {method.seconds_per_pair:.3g} | {count.forward_only} | 0 | 1000.0 |" in text
+    json.dumps(runner.record())  # the raw record is plain JSON
+
+
+def test_rows_carry_failures_and_refusals_in_full_width_rows():
+    failed = report.measured_row("occlusion", Entry({"stride": 2}, Failure("boom")), "fp32", True)
+    refused = report.measured_row("gradcam", Entry({}, NotApplicable("bf16 refused: maps move")), "bf16", False)
+    for row in (failed, refused):
+        assert len(row) == len(report.ROW_HEADER) + 1
+    assert failed[:4] == ["occlusion", "stride=2", "fp32", "error: boom"]
+    assert refused[3] == "NA (bf16 refused: maps move)"
+
+
+def test_job_rejects_what_it_cannot_run():
+    with pytest.raises(ValueError, match="job kind"):
+        Job("profile", "embedded", pairs=1)
+    with pytest.raises(ValueError, match="needs `method`"):
+        Job("method", "embedded", pairs=1)
+    with pytest.raises(ValueError, match="at least one pair"):
+        Job("throughput", "embedded", pairs=0)
+
+
+def test_a_job_runs_in_a_fresh_process_and_its_failure_comes_back_typed():
+    done = run_job(Job("throughput", "embedded", pairs=1, batch_size=2, throughput_batches=(1, 1)), timeout=300)
+    assert isinstance(done, JobResult) and done.batch_size == 2
+    assert isinstance(done.outcome, Rates) and done.outcome.forward > 0 and done.outcome.train > 0
+    failed = run_job(Job("method", "embedded", pairs=1, method="no_such_method"), timeout=300)
+    assert isinstance(failed, Failure) and "no_such_method" in failed.error
 
 
 def test_pass_counts_round_trip_and_average():
