@@ -88,7 +88,7 @@ def test_findings_renders_bullets():
 
 def test_variants_explain_and_score_only_what_applies():
     model = tiny_model()
-    pair = load_pairs(1, 24, seed=0)[0]
+    pair = load_pairs(1, 32, seed=0)[0]  # the smallest scene side
     variants = {
         "cam": {"method": "gradcam", "weighting": "channel"},
         "avgt": {"method": "averaged_transforms"},
