@@ -245,13 +245,38 @@ def _control(name: str, value: Any, choices: tuple | None):
     return w.FloatText(value=value, layout=w.Layout(width="170px"), **common)
 
 
+def _figure_output(fig, dpi: int = 120) -> dict[str, Any]:
+    """`fig` as one display_data output (the PNG `show_and_save` shows), then closed."""
+    import base64
+
+    import matplotlib.pyplot as plt
+
+    from .utils import figure_bytes
+
+    try:
+        png = figure_bytes(fig, "png", dpi)
+    finally:
+        plt.close(fig)
+    data = {"image/png": base64.b64encode(png).decode("ascii"), "text/plain": "<Figure>"}
+    return {"output_type": "display_data", "data": data, "metadata": {}}
+
+
+def _text_output(text: str) -> dict[str, Any]:
+    """`text` as one stdout stream output."""
+    return {"output_type": "stream", "name": "stdout", "text": text.rstrip("\n") + "\n"}
+
+
 class PairExplorer:
     """ipywidgets controls (image or file, seed, strength, side, model, method, its parameters) and the map.
 
     `models` maps names to zero-argument loaders (each called once, then cached). `overrides`
     (method -> {parameter: value}) changes starting values, e.g. fewer samples for a fast first
     render. Every change re-renders through `render_pair` while a status line says "computing";
-    errors are shown in the widget. `widget` is the ipywidgets box (the object also displays itself),
+    errors are shown in the widget. The map and errors are written into the Output widget's
+    `outputs` state, never captured with `with self.output:`: capturing while a cell runs makes a
+    headless runner (nbclient's Output widget mimic, used by papermill) send a comm_msg on the
+    shell socket while it waits for the cell's execute_reply, and that send can hide the reply
+    from it, so the run hangs. `widget` is the ipywidgets box (the object also displays itself),
     `last` the most recent explanation.
     """
 
@@ -361,31 +386,27 @@ class PairExplorer:
 
     def refresh(self, _change=None) -> None:
         """Recompute and show the map for the current selection (errors are shown, never raised)."""
-        from .notebook import show_and_save
-
         method, name = self.method_box.value, self.model_box.value
         self.status.value = f"<b>computing {html.escape(method)} ...</b>"
         self._show_call()
         start = time.perf_counter()
-        self.output.clear_output(wait=True)
-        with self.output:
-            try:
-                if name not in self.loaded:
-                    self.loaded[name] = self.models[name]()
-                figure, self.last = render_pair(
-                    self.loaded[name],
-                    self.images[self.image_box.value],
-                    method,
-                    self.params(),
-                    self.seed_box.value,
-                    self.strength_box.value,
-                    self.size_box.value,
-                )
-                show_and_save(figure)
-                self.status.value = f"done in {time.perf_counter() - start:.1f} s"
-            except Exception as error:  # shown to the user; ipywidgets would swallow it
-                print(f"could not render: {type(error).__name__}: {error}")
-                self.status.value = "<b>failed</b> (see below)"
+        try:
+            if name not in self.loaded:
+                self.loaded[name] = self.models[name]()
+            figure, self.last = render_pair(
+                self.loaded[name],
+                self.images[self.image_box.value],
+                method,
+                self.params(),
+                self.seed_box.value,
+                self.strength_box.value,
+                self.size_box.value,
+            )
+            self.output.outputs = (_figure_output(figure),)
+            self.status.value = f"done in {time.perf_counter() - start:.1f} s"
+        except Exception as error:  # shown to the user; ipywidgets would swallow it
+            self.output.outputs = (_text_output(f"could not render: {type(error).__name__}: {error}"),)
+            self.status.value = "<b>failed</b> (see below)"
 
     def _params_invalidated(self, _change) -> None:
         self._rebuild_params()
@@ -405,9 +426,7 @@ class PairExplorer:
         try:
             self.images[label] = load_image(os.path.expanduser(path))
         except Exception as error:
-            self.output.clear_output()
-            with self.output:
-                print(f"could not load {path!r}: {type(error).__name__}: {error}")
+            self.output.outputs = (_text_output(f"could not load {path!r}: {type(error).__name__}: {error}"),)
             self.status.value = "<b>image not loaded</b> (see below)"
             return
         self.image_box.unobserve(self.refresh, names="value")
