@@ -1,14 +1,9 @@
 """Classroom exercises: checkers that compare a student's function with the package's, and student copies.
 
-Instructor notebooks live in notebooks/exercises/*.ipynb. In them, solution code sits between lines
-`# BEGIN SOLUTION` and `# END SOLUTION` (replaced by a `raise NotImplementedError(...)` stub at the
-same indentation in the student copy), and cells tagged `solution` (e.g. the instructor's asserts)
-are left out of the student copy. `python -m cl_explain.exercises generate` (`make exercises`)
-writes the student copies to notebooks/exercises/student/; `... check` fails when one is stale.
-
-`check(name, function)` runs the student's function on small seeded inputs with a tiny random
-model, compares it with the package's implementation and, when they differ, recognises common
-mistakes to give a specific hint.
+Instructor notebooks (notebooks/exercises/) mark solution code `# BEGIN SOLUTION` ... `# END SOLUTION`
+(a `NotImplementedError` stub in the student copy) and tag solution cells `solution` (left out).
+`make exercises` writes the student copies (notebooks/exercises/student/), `... check` finds stale ones.
+`check(name, function)` compares a student's function with the package's and hints at common mistakes.
 """
 
 from __future__ import annotations

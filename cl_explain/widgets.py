@@ -272,11 +272,9 @@ class PairExplorer:
     `models` maps names to zero-argument loaders (each called once, then cached). `overrides`
     (method -> {parameter: value}) changes starting values, e.g. fewer samples for a fast first
     render. Every change re-renders through `render_pair` while a status line says "computing";
-    errors are shown in the widget. The map and errors are written into the Output widget's
-    `outputs` state, never captured with `with self.output:`: capturing while a cell runs makes a
-    headless runner (nbclient's Output widget mimic, used by papermill) send a comm_msg on the
-    shell socket while it waits for the cell's execute_reply, and that send can hide the reply
-    from it, so the run hangs. `widget` is the ipywidgets box (the object also displays itself),
+    errors are shown in the widget. They are written into the Output widget's `outputs` state, not
+    captured with `with self.output:`, which under papermill sends a comm_msg that can hide the cell's
+    execute_reply from it (the run then stalls). `widget` is the ipywidgets box (it displays itself),
     `last` the most recent explanation.
     """
 
