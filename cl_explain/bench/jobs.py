@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Union
 
 from ..utils import repo_root
-from .passes import PassCount, batch_aware_seconds, mean_count, overhead_ratio
+from .passes import PassCount, batch_aware_seconds, mean_count, overhead_ratio, per_pair
 
 KINDS = ("throughput", "method", "metrics", "evaluate")
 #: The explanation the metric rows score (cheap, so the row measures the metric).
@@ -115,8 +115,7 @@ class Measured:
 
     @property
     def pair_count(self) -> PassCount:
-        count = self.call_count
-        return PassCount(*(round(n / self.pairs_per_call) for n in (count.forward, count.forward_grad, count.backward)))
+        return per_pair(self.counts, self.pairs_per_call)
 
     @property
     def overhead(self) -> float | None:

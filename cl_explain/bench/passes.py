@@ -213,3 +213,11 @@ def mean_count(counts: Sequence[PassCount]) -> PassCount:
     )
     mean.batches.update(counts[0].batches)
     return mean
+
+
+def per_pair(counts: Sequence[PassCount], pairs_per_call: int = 1) -> PassCount:
+    """The pass count of one pair when each count covers `pairs_per_call` pairs (one batched call)."""
+    count = mean_count(counts)
+    if pairs_per_call == 1:
+        return count
+    return PassCount(*(round(getattr(count, key) / pairs_per_call) for key in ("forward", "forward_grad", "backward")))

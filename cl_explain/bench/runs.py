@@ -23,7 +23,7 @@ from ..maps import rank_correlation
 from ..metrics import METRICS, MetricNotApplicable, evaluate_pair, evaluate_pairs
 from ..models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel
 from ..utils import synchronize
-from .passes import PassCount, count_passes, mean_count
+from .passes import PassCount, count_passes, per_pair
 
 #: Metrics whose value is an insertion/deletion AUC (compared between precisions to within 0.01).
 AUC_METRICS = ("insertion_simultaneous", "deletion_simultaneous", "insertion_conditional", "deletion_conditional")
@@ -43,12 +43,7 @@ class Run:
 
     @property
     def passes_per_pair(self) -> PassCount:
-        count = mean_count(self.counts)
-        if self.pairs_per_call == 1:
-            return count
-        return PassCount(
-            *(round(getattr(count, key) / self.pairs_per_call) for key in ("forward", "forward_grad", "backward"))
-        )
+        return per_pair(self.counts, self.pairs_per_call)
 
 
 def run_method(
