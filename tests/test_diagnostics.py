@@ -38,6 +38,13 @@ def test_triplet_similarities_equal_hand_computed_cosines():
         triplet_similarities(colour_model(), (stacked[0], stacked[1][:3], stacked[2]))
 
 
+def test_wilson_interval_holds_the_rate_and_stays_in_0_1_at_the_extremes():
+    for n in range(1, 201):
+        for successes in (0, n):
+            low, high = wilson_interval(successes, n)
+            assert 0.0 <= low <= successes / n <= high <= 1.0, (successes, n, low, high)
+
+
 def test_wilson_interval_matches_the_closed_form_and_known_values():
     low, high = wilson_interval(8, 10)
     assert (round(low, 4), round(high, 4)) == (0.4902, 0.9433)  # the textbook example
