@@ -297,10 +297,15 @@ def strength_sweep_figure(sweep, title: str) -> Figure:
     return fig
 
 
-def stretch(image: torch.Tensor) -> torch.Tensor:
-    """Min-max stretch of an image-like tensor to [0, 1] (for showing small differences such as x - base)."""
-    low, high = image.min(), image.max()
-    return (image - low) / (high - low).clamp_min(1e-12)
+def stretch(image: torch.Tensor, clip_percent: float = 0.5) -> torch.Tensor:
+    """Contrast stretch of an image-like tensor to [0, 1] for display (e.g. the small change x - base of
+    feature visualisation): the `clip_percent` lowest and highest values (over all channels) are
+    clipped, so a few extreme pixels do not turn the rest grey; 0 gives a plain min-max stretch."""
+    if not 0 <= clip_percent < 50:
+        raise ValueError(f"clip_percent must be in [0, 50), got {clip_percent}")
+    values = image.detach().float().flatten()
+    low, high = torch.quantile(values, torch.tensor([clip_percent, 100 - clip_percent]) / 100)
+    return ((image - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
 
 
 def scene_grid(scenes: Sequence, columns: int = 6) -> Figure:

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 from cl_explain.explainers.inversion import (
+    ADAM_TV_PER_ELEMENT,
+    PAPER_TV_WEIGHT,
     _octave_sizes,
     feature_map,
     invert_features,
@@ -71,7 +73,7 @@ def test_total_variation_and_feature_map_use_preprocessing():
 def test_paper_inversion_update_is_sgd_with_clipping_and_decay():
     model = staged_model()
     image = simple_image()
-    x0 = invert_features(model, image, "layer1", iterations=0, seed=3)
+    x0 = invert_features(model, image, "layer1", iterations=0, optimizer="paper-sgd", seed=3)
     expected0 = (0.1 * torch.randn(image.shape, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
     torch.testing.assert_close(x0, expected0)
     # Two plain SGD steps (momentum 0), the second with the learning rate divided by 10.
@@ -144,10 +146,14 @@ def test_default_inversion_is_adam_with_a_cosine_schedule():
     with torch.no_grad():
         target = feature_map(model, image, "layer1")
     x = invert_features(model, image, "layer1", iterations=0, seed=3)
+    start = (0.5 + 0.05 * torch.randn(image.shape, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
+    torch.testing.assert_close(x, start)
     m, v, lr, steps = torch.zeros_like(x), torch.zeros_like(x), 0.05, 2
+    tv_weight = ADAM_TV_PER_ELEMENT / image.numel()
     for t in range(1, steps + 1):
         x.requires_grad_(True)
-        (grad,) = torch.autograd.grad(inversion_loss(feature_map(model, x, "layer1"), target, x), x)
+        loss = inversion_loss(feature_map(model, x, "layer1"), target, x, tv_weight=tv_weight)
+        (grad,) = torch.autograd.grad(loss, x)
         m, v = 0.9 * m + 0.1 * grad, 0.999 * v + 0.001 * grad**2
         rate = lr * (1 + math.cos(math.pi * (t - 1) / steps)) / 2
         step = rate * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
@@ -203,23 +209,32 @@ def test_feature_visualisation_raises_the_feature_norm():
         visualize_features(model, 16, "logit")
 
 
-#: Largest relative feature error ||Phi(x) - Phi(x0)|| / ||Phi(x0)|| accepted from the default inversion
-#: (201 iterations) of an embedded model; measured 0.11-0.32 over the three depths and both models,
-#: while the paper's SGD left the supervised model at 1.6-3.0 (not converged).
-INVERSION_ERROR_LIMIT = 0.4
+#: What the default inversion (Adam, 201 iterations) of an embedded model must reach on a test scene.
+#: Measured on three scenes: relative feature error 0.06-0.25 at every depth; pixel correlation with
+#: the original 0.64-0.84 at the stem and 0.46-0.61 after layer1. The paper's SGD left the supervised
+#: model at a feature error of 1.6-3.0, and Adam with the paper's TV weight matched the features to
+#: about 0.2 with images of noise (stem pixel correlation about 0.15).
+INVERSION_ERROR_LIMIT = 0.3
+RECOGNISABLE = {"stem": 0.5, "layer1": 0.35}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["embedded-supervised", "embedded-simclr"])
 def test_default_inversion_converges_on_the_embedded_models(name):
     import cl_explain as cle
+    from cl_explain.analysis import inversion_errors
     from cl_explain.data.pairings import scene_pairs
 
     model = cle.load_model(name)
     image = scene_pairs(1, split="test", seed=0)[0].x1
-    for depth in ("stem", "layer1", "layer2"):
-        inverted = invert_features(model, image, depth)
-        assert relative_error(model, inverted, image, depth) < INVERSION_ERROR_LIMIT, depth
+    grid = {depth: {name: invert_features(model, image, depth)} for depth in ("stem", "layer1", "layer2")}
+    table = inversion_errors({name: model}, image, grid).set_index("depth")
+    assert (table["feature_error"] < INVERSION_ERROR_LIMIT).all(), table
+    for depth, least in RECOGNISABLE.items():
+        assert table.loc[depth, "pixel_correlation"] > least, table
+    # The failures this test guards against: noise that matches the features, and the paper's SGD.
+    noise = invert_features(model, image, "stem", tv_weight=PAPER_TV_WEIGHT)
+    assert inversion_errors({name: model}, image, {"stem": {name: noise}})["pixel_correlation"].item() < 0.3
     paper = invert_features(model, image, "stem", optimizer="paper-sgd", iterations=41)
-    if name == "embedded-supervised":  # the failure this test guards against
+    if name == "embedded-supervised":
         assert relative_error(model, paper, image, "stem") > INVERSION_ERROR_LIMIT

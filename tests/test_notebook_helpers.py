@@ -190,6 +190,39 @@ def test_inversion_errors_of_a_perfect_inversion():
     assert table.loc["layer1", "feature_error"] > 0.05
 
 
+def test_inversion_comparison_is_a_paired_verdict_per_depth():
+    from cl_explain.analysis import inversion_comparison
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for image in range(12):
+        base = rng.uniform(0.2, 0.8)  # an image effect shared by both models: pairing removes it
+        for depth, gap in (("stem", 0.0), ("layer2", 0.2), ("layer3", -0.2)):
+            for model, shift in (("A", gap + rng.normal(0, 0.01)), ("B", 0.0)):
+                rows.append(
+                    {
+                        "image": image,
+                        "depth": depth,
+                        "model": model,
+                        "pixel_correlation": base + shift,
+                        "feature_error": 0.1,
+                    }
+                )
+    table = inversion_comparison(pd.DataFrame(rows), "A", "B", n_boot=500).set_index("depth")
+    assert list(table.index) == ["stem", "layer2", "layer3"]
+    assert table.loc["layer2", "verdict"] == "holds" and table.loc["layer2", "difference"] == pytest.approx(
+        0.2, abs=0.01
+    )
+    assert table.loc["layer3", "verdict"] == "fails"
+    assert (
+        table.loc["stem", "verdict"] == "inconclusive"
+        and table.loc["stem", "ci_low"] < 0 < table.loc["stem", "ci_high"]
+    )
+    assert table.loc["stem", "n"] == 12 and table.loc["stem", "worst feature error"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="not in the inversion errors"):
+        inversion_comparison(pd.DataFrame(rows), "A", "C")
+
+
 def test_metric_tables_format_and_means():
     from cl_explain.analysis import metric_tables
 

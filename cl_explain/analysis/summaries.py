@@ -6,7 +6,8 @@
 * `correlation_table`: that correlation for every (method, metric) of a results table.
 * `paired_difference`: model A minus model B on the same pairs (e.g. supervised vs self-supervised),
   mean difference with a bootstrap interval over pairs.
-* `inversion_errors`: how closely feature inversions match the original image, per depth and model.
+* `inversion_errors`: how closely feature inversions match the original image, per depth and model;
+  `inversion_comparison`: whether one model's inversions resemble the images more, as a paired verdict.
 * `metric_tables`: the paper's metric table (its rows and columns) per model, with bootstrap intervals.
 
 Every input frame is tidy: columns model, pair_id, method, metric, value (as `evaluate` returns,
@@ -203,6 +204,37 @@ def inversion_errors(
                 error = float((feature_map(model, inverted, depth) - target).norm() / target.norm().clamp_min(1e-12))
                 pixels = np.corrcoef(inverted.flatten().cpu().numpy(), image.flatten().cpu().numpy())[0, 1]
                 rows.append({"depth": depth, "model": name, "feature_error": error, "pixel_correlation": float(pixels)})
+    return pd.DataFrame(rows)
+
+
+def inversion_comparison(
+    errors: pd.DataFrame, model_a: str, model_b: str, n_boot: int = 2000, seed: int = 0
+) -> pd.DataFrame:
+    """Does model A keep more of the image than model B? Per depth, the pixel correlation of A's
+    inversion minus B's over the same images, with its bootstrap interval and a verdict ("holds":
+    A's inversions resemble the image more, "fails": B's do). `errors` stacks `inversion_errors` of
+    several images, told apart by an `image` column."""
+    from .verdicts import paired_verdict
+
+    _check_columns(errors, {"image", "depth", "model", "pixel_correlation", "feature_error"})
+    wide = errors.pivot_table(index=["depth", "image"], columns="model", values="pixel_correlation")
+    missing = {model_a, model_b} - set(wide.columns)
+    if missing:
+        raise ValueError(f"models {sorted(missing)} are not in the inversion errors; present: {sorted(wide.columns)}")
+    rows = []
+    for depth in errors["depth"].drop_duplicates():
+        pair = wide.loc[depth].dropna(subset=[model_a, model_b])
+        verdict = paired_verdict((pair[model_a] - pair[model_b]).to_numpy(), n_boot=n_boot, seed=seed)
+        errors_here = errors[errors["depth"] == depth].groupby("model")["feature_error"].max()
+        rows.append(
+            {
+                "depth": depth,
+                f"correlation {model_a}": float(pair[model_a].mean()),
+                f"correlation {model_b}": float(pair[model_b].mean()),
+                **verdict,
+                "worst feature error": float(errors_here[[model_a, model_b]].max()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
