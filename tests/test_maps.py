@@ -71,3 +71,18 @@ def test_british_spellings_are_deprecated_aliases_of_the_american_names():
     with pytest.warns(DeprecationWarning, match="normalise_for_display is deprecated"):
         assert (viz.normalise_for_display(torch.ones(2, 2)) == 0).all()
     assert randomisation_test.__wrapped__ is randomization_test
+
+
+def test_display_stretch_clips_outliers_instead_of_greying_the_image():
+    from cl_explain.viz import stretch
+
+    image = torch.linspace(0, 0.01, 3 * 20 * 20).view(1, 3, 20, 20).clone()
+    image[0, 0, 0, 0] = 5.0  # one extreme value
+    robust, plain = stretch(image), stretch(image, clip_percent=0)
+    assert float(robust.min()) == 0.0 and float(robust.max()) == 1.0
+    # Min-max squeezes every other pixel into the bottom 0.2% of the range; the robust stretch spreads them.
+    assert float(plain.view(-1)[1:].max()) < 0.003
+    assert float(robust.view(-1)[1:].std()) > 0.25
+    torch.testing.assert_close(plain, (image - image.min()) / (image.max() - image.min()))
+    with pytest.raises(ValueError, match="clip_percent"):
+        stretch(image, clip_percent=50)
