@@ -200,6 +200,25 @@ def test_default_model_leaves_insertion_room():
     assert MANIFEST["models"]["embedded-simclr"]["quality"]["insertion_room"] >= 0.2
 
 
+def test_embedded_vit_is_a_token_model_that_learnt_the_classes():
+    """The embedded ViT: 8 px patches, so a 96 px view is a 12 x 12 token map like the ResNets' last map;
+    kNN on its explained embedding (the CLS token) far above its random initialisation."""
+    model = load_model("embedded-vit")
+    assert model.is_vit and model.patch_size == 8
+    x = torch.rand(2, 3, DEFAULT_SIZE, DEFAULT_SIZE)
+    with torch.no_grad():
+        assert model.features(x).shape[-2:] == (12, 12)
+        torch.testing.assert_close(model.embed_features(model.features(x)), model.embed(x))
+    entry = MANIFEST["models"]["embedded-vit"]
+    assert entry["arch"] == "vit" and entry["objective"] == "simclr"
+    assert entry["quality"]["knn_top1"] > entry["random_init_quality"]["knn_top1"] + 0.15
+
+
+@pytest.mark.xfail(strict=True, reason="0.445: 40 epochs of SimCLR fit the 20-minute budget; a ViT learns slower")
+def test_embedded_vit_meets_the_knn_target():
+    assert MANIFEST["models"]["embedded-vit"]["quality"]["knn_top1"] >= 0.6
+
+
 def test_supervised_model_is_a_high_ceiling():
     assert MANIFEST["models"]["embedded-supervised"]["quality"]["linear_probe_top1"] >= 0.95
 
@@ -236,7 +255,7 @@ def check_scenes():
     return load_split("train", n=n_train, cache=False), load_split("test", n=n_test, cache=False)
 
 
-@pytest.mark.parametrize("name", ["embedded-simclr", "embedded-barlow-twins", "embedded-simsiam"])
+@pytest.mark.parametrize("name", ["embedded-simclr", "embedded-barlow-twins", "embedded-simsiam", "embedded-vit"])
 def test_recomputed_knn_matches_the_manifest(name, check_scenes, manifest_threads):
     """Recompute the quick kNN check from freshly rendered scenes and compare with the manifest."""
     from cl_explain.train import QUALITY_TOLERANCE, embed_scenes, knn_accuracy

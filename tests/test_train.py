@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -363,3 +364,60 @@ def test_bad_view_workers_is_refused(tiny_scenes, workers):
 def test_unknown_objective_is_refused():
     with pytest.raises(ValueError, match="unknown objective"):
         TrainConfig("moco")
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_tiny_vit_training_is_bit_identical_and_saves_a_loadable_vit(tiny_scenes, tmp_path, pool):
+    from cl_explain.models.embedded import build_network, model_from_payload
+    from cl_explain.models.vit import ViTSimilarityModel
+
+    config = TrainConfig(
+        "simclr",
+        arch="vit",
+        epochs=1,
+        batch_size=8,
+        width=16,
+        heads=2,
+        depth=2,
+        patch=8,
+        size=32,
+        n_train=16,
+        threads=1,
+        max_steps=2,
+        pool=pool,
+    )
+    model_a, info_a = train(config, tiny_scenes, log=lambda message: None, view_workers=0)
+    model_b, _ = train(config, tiny_scenes, log=lambda message: None, view_workers=0)
+    assert isinstance(model_a, ViTSimilarityModel) and model_a.name == "embedded-vit" and model_a.patch_size == 8
+    state_a, state_b = model_a.state_dict(), model_b.state_dict()
+    assert state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    torch.manual_seed(config.seed)
+    init_backbone, _ = build_network(dataclasses.asdict(config))
+    trained = info_a["payload"]["backbone"]
+    assert not torch.equal(init_backbone.state_dict()["blocks.1.mlp.fc2.weight"], trained["blocks.1.mlp.fc2.weight"])
+    # The saved payload reloads to the same model: the explained embedding is the normed CLS token or the
+    # mean of the normed patch tokens, as timm's forward_features gives them on the normalised image.
+    torch.save(info_a["payload"], tmp_path / "vit.pt")
+    reloaded = model_from_payload(torch.load(tmp_path / "vit.pt", weights_only=True), tmp_path / "vit.pt")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        vit = reloaded.embedding  # the token embedding shares its modules with the timm model
+        torch.testing.assert_close(reloaded.embed(x), model_a.embed(x))
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in info_a["payload"]["normalize"].values())
+        init_backbone.load_state_dict(trained)
+        tokens = init_backbone.eval().forward_features((x - mean) / std)
+        expected = tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(1)
+        torch.testing.assert_close(reloaded.embed(x), expected)
+        assert reloaded.features(x).shape == (2, 16, 4, 4) and reloaded.embed(torch.rand(1, 3, 48, 48)).shape == (1, 16)
+    assert vit.patch_size == 8
+
+
+def test_vit_config_is_checked():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        TrainConfig("simclr", arch="mlp")
+    with pytest.raises(ValueError, match="multiple of the patch"):
+        TrainConfig("simclr", arch="vit", size=36, patch=8)
+    with pytest.raises(ValueError, match="multiple of the heads"):
+        TrainConfig("simclr", arch="vit", width=30, heads=4)
+    assert TrainConfig("simclr", arch="vit").model_name == "embedded-vit"
+    assert TrainConfig("barlow-twins").model_name == "embedded-barlow-twins"

@@ -1,7 +1,12 @@
-"""The embedded default models (the package's offline default): a small ResNet trained on the synthetic scenes.
+"""The embedded default models (the package's offline default): small networks trained on the synthetic scenes.
 
-Four objectives share one architecture (`build_backbone`): SimCLR, Barlow Twins, SimSiam and a
+Four objectives share one small ResNet (`build_backbone`): SimCLR, Barlow Twins, SimSiam and a
 supervised classifier, plus snapshots taken along the SimCLR training (models of graded quality).
+`embedded-vit` is a small Vision Transformer (`build_vit`: timm's VisionTransformer, 8 px patches,
+so a 96 px view is a 12 x 12 token grid like the ResNets' last map) trained with SimCLR; its explained
+embedding is the pooled token representation after the final norm (the checkpoint's `pool`: the CLS
+token, as for the DINO models, or the mean of the patch tokens), and the projector that SimCLR trained
+on top of it stays in the checkpoint for training only.
 The checkpoints live in data/models with a manifest (data/models/manifest.json) written by
 `python -m cl_explain.train --all` (`make models`); they load by name through `load_model`.
 """
@@ -36,9 +41,15 @@ class EmbeddedModel:
     name: str
     objective: str
     epoch: int | None = None
+    arch: str = "resnet"
 
     @property
     def description(self) -> str:
+        if self.arch == "vit":
+            return (
+                "embedded small ViT (8 px patches), SimCLR, explained embedding = pooled tokens, "
+                "trained on the synthetic scenes (data/models)"
+            )
         what = {
             "simclr": "SimCLR (NT-Xent)",
             "barlow-twins": "Barlow Twins",
@@ -56,6 +67,7 @@ class EmbeddedModel:
 def _registry() -> dict[str, EmbeddedModel]:
     entries = [EmbeddedModel(f"embedded-{objective}", objective) for objective in OBJECTIVES]
     entries += [EmbeddedModel(f"embedded-simclr-e{epoch:02d}", "simclr", epoch) for epoch in SIMCLR_SNAPSHOTS]
+    entries.append(EmbeddedModel("embedded-vit", "simclr", arch="vit"))
     return {entry.name: entry for entry in entries}
 
 
@@ -113,6 +125,48 @@ def feature_dim(width: int) -> int:
     return 4 * width
 
 
+ARCHS = ("resnet", "vit")
+
+
+def build_vit(width: int, depth: int, heads: int, patch: int, mlp_ratio: float, size: int) -> nn.Module:
+    """timm VisionTransformer with embedding width `width`, `depth` blocks of `heads` heads, `patch` px
+    patches on `size` px images, a CLS token and no classifier: forward gives the normed CLS token."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(
+        img_size=size,
+        patch_size=patch,
+        embed_dim=width,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=mlp_ratio,
+        num_classes=0,
+        global_pool="token",
+        dynamic_img_size=True,
+    )
+
+
+def build_network(config: dict) -> tuple[nn.Module, nn.Module]:
+    """The (backbone, head) a training config (`TrainConfig` as a dict) describes, freshly initialised
+    from torch's global generator. A ViT backbone returns its pooled CLS token, a ResNet its last map."""
+    arch = config.get("arch", "resnet")
+    width = int(config["width"])
+    out_dim, n_classes = config.get("out_dim"), int(config.get("n_classes", 8))
+    if arch == "vit":
+        backbone = build_vit(
+            width,
+            int(config["depth"]),
+            int(config["heads"]),
+            int(config["patch"]),
+            float(config["mlp_ratio"]),
+            int(config["size"]),
+        )
+        return backbone, build_head(config["objective"], width, out_dim, n_classes, in_dim=width)
+    if arch != "resnet":
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHS}")
+    return build_backbone(width), build_head(config["objective"], width, out_dim, n_classes)
+
+
 def _mlp(dims: list[int], last_bn: bool | str = False) -> nn.Sequential:
     """Linear (no bias) + BN + ReLU between layers; the last layer optionally with BN ('plain' = no affine)."""
     layers: list[nn.Module] = []
@@ -126,14 +180,17 @@ def _mlp(dims: list[int], last_bn: bool | str = False) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def build_head(objective: str, width: int = 16, out_dim: int | None = None, n_classes: int = 8) -> nn.Module:
-    """The head whose output is the explained embedding, shaped like the paper's models.
+def build_head(
+    objective: str, width: int = 16, out_dim: int | None = None, n_classes: int = 8, in_dim: int | None = None
+) -> nn.Module:
+    """The head whose output is the explained embedding, shaped like the paper's models. Its input is
+    `in_dim` features (default: the ResNet's pooled width, `feature_dim(width)`).
 
     simclr: 2-layer projector with BN (SimCLRv2 style); barlow-twins: 3-layer projector, no final BN;
     simsiam: Sequential(projector d-D-D-D (last BN without affine), predictor D-D/4-D); supervised: linear
     classifier (logits).
     """
-    d = feature_dim(width)
+    d = feature_dim(width) if in_dim is None else in_dim
     if objective == "simclr":
         return _mlp([d, d, out_dim or 64], last_bn=True)
     if objective == "barlow-twins":
@@ -211,15 +268,19 @@ def model_from_payload(payload: dict, path: str | os.PathLike) -> SimilarityMode
         raise CheckpointError(
             f"{str(path)!r} has checkpoint format {payload['format']}, expected {CHECKPOINT_FORMAT}; {REBUILD_HINT}"
         )
-    config = payload["config"]
-    width = int(config["width"])
-    backbone = build_backbone(width)
-    head = build_head(payload["objective"], width, config.get("out_dim"), int(config.get("n_classes", 8)))
-    expected = f"embedded {payload['objective']} model, width {width}"
+    config = {**payload["config"], "objective": payload["objective"]}
+    arch = config.get("arch", "resnet")
+    backbone, head = build_network(config)
+    expected = f"embedded {payload['objective']} {arch}, width {config['width']}"
     load_strict(backbone, payload["backbone"], path=path, expected=expected + " (backbone)")
     load_strict(head, payload["head"], path=path, expected=expected + " (head)")
     normalize = (payload["normalize"]["mean"], payload["normalize"]["std"])
-    return SimilarityModel(backbone, head, normalize=normalize, name=payload.get("name", "embedded")).eval()
+    name = payload.get("name", "embedded")
+    if arch == "vit":
+        from .vit import ViTSimilarityModel
+
+        return ViTSimilarityModel(backbone, pool=config.get("pool", "cls"), normalize=normalize, name=name).eval()
+    return SimilarityModel(backbone, head, normalize=normalize, name=name).eval()
 
 
 def load_embedded(

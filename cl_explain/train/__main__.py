@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..models.embedded import (
-    OBJECTIVES,
-)
 from .config import DEFAULT_CONFIGS
 from .manifest import build_all, reevaluate_all
 
@@ -16,7 +13,12 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m cl_explain.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--all", action="store_true", help="train every objective (what `make models` runs)")
-    parser.add_argument("--objective", action="append", choices=OBJECTIVES, help="train this objective (repeatable)")
+    parser.add_argument(
+        "--objective",
+        action="append",
+        choices=tuple(DEFAULT_CONFIGS),
+        help="train this model (an objective, or vit; repeatable)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default: data/models of the checkout)")
     parser.add_argument(
         "--reevaluate",

@@ -11,12 +11,7 @@ import torch
 from torch import nn
 
 from ..data.scenes import SceneSet, load_split
-from ..models.embedded import (
-    build_backbone,
-    build_head,
-    checkpoint_payload,
-    model_from_payload,
-)
+from ..models.embedded import build_network, checkpoint_payload, model_from_payload
 from ..models.similarity import SimilarityModel
 from ..utils import cpu_generator
 from .config import TrainConfig
@@ -36,7 +31,12 @@ def _loss(
     x = (views.flatten(0, 1) - mean) / std  # B x V x 3 x H x W -> (B*V) x ...
     if config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    pooled = backbone(x).mean((2, 3)).unflatten(0, views.shape[:2])
+    if config.arch == "vit":  # the normed tokens, pooled as the loaded model pools them
+        tokens = backbone.forward_features(x)
+        pooled = tokens[:, 0] if config.pool == "cls" else tokens[:, backbone.num_prefix_tokens :].mean(1)
+    else:
+        pooled = backbone(x).mean((2, 3))
+    pooled = pooled.unflatten(0, views.shape[:2])
     return OBJECTIVE_LOSSES[config.objective][1](head, pooled, labels, config)
 
 
@@ -94,10 +94,9 @@ def train(
         mean = torch.tensor(normalize[0]).view(1, 3, 1, 1)
         std = torch.tensor(normalize[1]).view(1, 3, 1, 1)
         torch.manual_seed(config.seed)
-        backbone = build_backbone(config.width)
+        backbone, head = build_network(asdict(config))
         if config.channels_last:
             backbone = backbone.to(memory_format=torch.channels_last)
-        head = build_head(config.objective, config.width, config.out_dim, config.n_classes)
         steps_per_epoch = len(scenes) // config.batch_size
         if steps_per_epoch < 1:
             raise ValueError(f"batch_size {config.batch_size} exceeds the {len(scenes)} training scenes")
@@ -108,7 +107,7 @@ def train(
         optimizer, schedule = _optimizer(config, backbone, head, total, warmup_steps)
         shuffler = cpu_generator(config.seed)
         cfg = asdict(config)
-        name = f"embedded-{config.objective}"
+        name = config.model_name
         snapshots = {}
         if 0 in config.snapshots:
             snapshots[0] = checkpoint_payload(f"{name}-e00", config.objective, cfg, backbone, head, normalize, 0)

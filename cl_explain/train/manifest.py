@@ -13,8 +13,7 @@ from ..data.scenes import CLASSES, SPLIT_SIZES, load_split
 from ..models.checkpoint_io import read_checkpoint, sha256_of
 from ..models.embedded import (
     EMBEDDED_MODELS,
-    build_backbone,
-    build_head,
+    build_network,
     checkpoint_payload,
     model_from_payload,
     models_dir,
@@ -38,17 +37,18 @@ def _write_checkpoint(payload: dict, folder: Path) -> tuple[Path, str]:
 def random_init_model(config: TrainConfig, normalize: dict) -> SimilarityModel:
     """The model `config` trains, at its seeded random initialisation (the baseline of the quality numbers)."""
     torch.manual_seed(config.seed)
-    init = checkpoint_payload(
-        "init",
-        config.objective,
-        asdict(config),
-        build_backbone(config.width),
-        build_head(config.objective, config.width, config.out_dim, config.n_classes),
-        ([0.5] * 3, [0.25] * 3),
-        0,
-    )
+    backbone, head = build_network(asdict(config))
+    init = checkpoint_payload("init", config.objective, asdict(config), backbone, head, ([0.5] * 3, [0.25] * 3), 0)
     init["normalize"] = normalize
     return model_from_payload(init, "<init>")
+
+
+def _config_of(entry: dict) -> TrainConfig:
+    """The TrainConfig a manifest entry records (JSON lists back to tuples)."""
+    tuples = {
+        key: tuple(entry["config"][key]) for key in ("snapshots", "crop_scale", "jitter") if key in entry["config"]
+    }
+    return TrainConfig(**{**entry["config"], **tuples})
 
 
 def reevaluate_all(folder: str | Path | None = None, log=print) -> dict:
@@ -63,17 +63,17 @@ def reevaluate_all(folder: str | Path | None = None, log=print) -> dict:
     for name, quality in recompute_quality(folder=folder, data=data).items():
         manifest["models"][name]["quality"] = quality
         log(f"[{name}] {json.dumps(quality)}")
-    baselines: dict[str, dict[str, float]] = {}
+    baselines: dict[tuple[str, str], dict[str, float]] = {}
     for name, entry in manifest["models"].items():
-        objective = entry["objective"]
-        if objective not in baselines:
-            config = TrainConfig(**{**entry["config"], "snapshots": tuple(entry["config"]["snapshots"])})
+        family = (entry["objective"], entry["config"].get("arch", "resnet"))
+        if family not in baselines:
+            config = _config_of(entry)
             payload = read_checkpoint(folder / entry["file"], sha256=entry["sha256"])
-            baselines[objective] = round_quality(
+            baselines[family] = round_quality(
                 measure_quality(random_init_model(config, payload["normalize"]), data, threads=config.threads)
             )
-            log(f"[{objective} random init] {json.dumps(baselines[objective])}")
-        entry["random_init_quality"] = baselines[objective]
+            log(f"[{' '.join(family)} random init] {json.dumps(baselines[family])}")
+        entry["random_init_quality"] = baselines[family]
     manifest["dataset"] = dataset_entry(DEFAULT_CONFIGS["simclr"].size)
     write_text_atomic(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -127,7 +127,8 @@ def _build(objectives: tuple[str, ...], folder: Path, log) -> dict:
         config = DEFAULT_CONFIGS[objective]
         model, info = train(config, train_scenes, banks=banks, log=log)
         common = {
-            "objective": objective,
+            "objective": config.objective,
+            "arch": config.arch,
             "config": asdict(config),
             "seed": config.seed,
             "torch": torch.__version__,

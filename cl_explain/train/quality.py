@@ -31,9 +31,13 @@ def _pooled_and_head(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     feats, embs = [], []
     for batch in views.split(batch_size):
-        pooled = model.features(batch).mean((2, 3))
+        if model.is_vit:  # the explained embedding is already the pooled representation (the CLS token)
+            pooled = embedding = model.embed(batch)
+        else:
+            pooled = model.features(batch).mean((2, 3))
+            embedding = model.head(pooled)
         feats.append(pooled)
-        embs.append(model.head(pooled))
+        embs.append(embedding)
     return torch.cat(feats), torch.cat(embs)
 
 
