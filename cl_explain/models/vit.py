@@ -185,9 +185,14 @@ class TokenHead(nn.Module):
         return self.pooled(self.norm(self.blocks(tokens)))
 
     def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.pool == "cls":
-            return tokens[:, 0]
-        return tokens[:, self.num_prefix_tokens :].mean(dim=1)
+        return pool_tokens(tokens, self.pool, self.num_prefix_tokens)
+
+
+def pool_tokens(tokens: torch.Tensor, pool: str, num_prefix_tokens: int) -> torch.Tensor:
+    """B x N x C normed tokens -> B x C: the CLS token ("cls") or the mean of the patch tokens ("mean")."""
+    if pool == "cls":
+        return tokens[:, 0]
+    return tokens[:, num_prefix_tokens:].mean(dim=1)
 
 
 def block_index(block: int, depth: int) -> int:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from ..data.scenes import CLASSES, DEFAULT_SIZE, SPLIT_SIZES
 from ..models.embedded import ARCHS, OBJECTIVES, SIMCLR_SNAPSHOTS
+from ..models.vit import POOLS
 
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -57,8 +58,8 @@ class TrainConfig:
             raise ValueError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
         if self.arch not in ARCHS:
             raise ValueError(f"unknown architecture {self.arch!r}; choose one of {ARCHS}")
-        if self.pool not in ("cls", "mean"):
-            raise ValueError(f"pool must be 'cls' or 'mean' (a ViT's embedding), got {self.pool!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS} (a ViT's embedding), got {self.pool!r}")
         if self.arch == "vit" and (self.size % self.patch or self.width % self.heads):
             raise ValueError(
                 f"a ViT needs the view size ({self.size}) to be a multiple of the patch ({self.patch}) and the "

@@ -13,6 +13,7 @@ from torch import nn
 from ..data.scenes import SceneSet, load_split
 from ..models.embedded import build_network, checkpoint_payload, model_from_payload
 from ..models.similarity import SimilarityModel
+from ..models.vit import pool_tokens
 from ..utils import cpu_generator
 from .config import TrainConfig
 from .losses import OBJECTIVE_LOSSES
@@ -33,7 +34,7 @@ def _loss(
         x = x.contiguous(memory_format=torch.channels_last)
     if config.arch == "vit":  # the normed tokens, pooled as the loaded model pools them
         tokens = backbone.forward_features(x)
-        pooled = tokens[:, 0] if config.pool == "cls" else tokens[:, backbone.num_prefix_tokens :].mean(1)
+        pooled = pool_tokens(tokens, config.pool, backbone.num_prefix_tokens)
     else:
         pooled = backbone(x).mean((2, 3))
     pooled = pooled.unflatten(0, views.shape[:2])
