@@ -101,16 +101,46 @@ def method_grid(
     x1: torch.Tensor, x2: torch.Tensor, explanations: Mapping[str, PairExplanation], title: str | None = None
 ) -> Figure:
     """Rows = the two images, columns = the images then one column per method."""
-    n = len(explanations) + 1
-    fig, axes = plt.subplots(2, n, figsize=(1.7 * n + 0.6, 3.6), squeeze=False, layout="constrained")
-    overlay(axes[0, 0], x1, title="x1")
-    overlay(axes[1, 0], x2, title="x2")
-    for col, (label, exp) in enumerate(explanations.items(), start=1):
-        overlay(axes[0, col], x1, exp.map1, title=label)
-        if exp.map2 is not None:
-            overlay(axes[1, col], x2, exp.map2)
-        else:
-            axes[1, col].set_axis_off()
+    return model_method_grid(x1, x2, {"": explanations}, title)
+
+
+def model_method_grid(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    per_model: Mapping[str, Mapping[str, PairExplanation]],
+    title: str | None = None,
+) -> Figure:
+    """One pair explained by several models: two rows (x1, x2) per model, labelled with the model's name
+    (an empty name gets no label); columns = the images then one column per method label (the union over
+    models, in first-seen order; a method a model lacks leaves its cells empty)."""
+    if not per_model:
+        raise ValueError("per_model is empty: pass {model name: {method label: PairExplanation}}")
+    labels = list(dict.fromkeys(label for explanations in per_model.values() for label in explanations))
+    n = len(labels) + 1
+    rows = 2 * len(per_model)
+    fig, axes = plt.subplots(rows, n, figsize=(1.7 * n + 0.6, 1.8 * rows), squeeze=False, layout="constrained")
+    for block, (name, explanations) in enumerate(per_model.items()):
+        top, bottom = axes[2 * block], axes[2 * block + 1]
+        overlay(top[0], x1, title="x1" if block == 0 else None)
+        overlay(bottom[0], x2, title="x2" if block == 0 else None)
+        if name:
+            top[0].set_axis_on()
+            top[0].set_xticks([])
+            top[0].set_yticks([])
+            top[0].set_ylabel(name, fontsize=8)
+            for spine in top[0].spines.values():
+                spine.set_visible(False)
+        for col, label in enumerate(labels, start=1):
+            exp = explanations.get(label)
+            if exp is None:
+                top[col].set_axis_off()
+                bottom[col].set_axis_off()
+                continue
+            overlay(top[col], x1, exp.map1, title=label if block == 0 else None)
+            if exp.map2 is not None:
+                overlay(bottom[col], x2, exp.map2)
+            else:
+                bottom[col].set_axis_off()
     if n > 1:
         saliency_colorbar(fig, axes[:, 1:])
     if title:

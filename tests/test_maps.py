@@ -86,3 +86,34 @@ def test_display_stretch_clips_outliers_instead_of_greying_the_image():
     torch.testing.assert_close(plain, (image - image.min()) / (image.max() - image.min()))
     with pytest.raises(ValueError, match="clip_percent"):
         stretch(image, clip_percent=50)
+
+
+def test_model_method_grid_stacks_two_rows_per_model_and_leaves_missing_methods_empty():
+    import matplotlib.pyplot as plt
+
+    from cl_explain.explainers.base import PairExplanation
+    from cl_explain.viz import method_grid, model_method_grid
+
+    x = torch.rand(1, 3, 16, 16)
+    ramp = torch.arange(16.0).repeat(16, 1)
+
+    def explanation(with_map2: bool = True) -> PairExplanation:
+        return PairExplanation("m", ramp, ramp.T if with_map2 else None, 0.5, {}, 0.0, (16, 16))
+
+    per_model = {"resnet": {"A": explanation(), "B": explanation()}, "vit": {"B": explanation(with_map2=False)}}
+    fig = model_method_grid(x, x, per_model, title="t")
+    grid = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(grid) == 4 * 3  # 2 models x (x1, x2) rows; columns: images, A, B
+    by_row = [grid[i * 3 : (i + 1) * 3] for i in range(4)]
+    assert [row[0].get_ylabel() for row in by_row] == ["resnet", "", "vit", ""]
+    assert [ax.get_title() for ax in by_row[0]] == ["x1", "A", "B"]
+    assert all(ax.get_title() == "" for row in by_row[2:] for ax in row)  # titles only on the first block
+    images = [len(ax.get_images()) for row in by_row for ax in row]
+    # image + overlay where a map exists; the ViT lacks A, and its B has no second map.
+    assert images == [1, 2, 2, 1, 2, 2, 1, 0, 2, 1, 0, 0]
+    plt.close(fig)
+    single = method_grid(x, x, per_model["resnet"])
+    assert all(ax.get_ylabel() == "" for ax in single.axes if ax.get_label() != "<colorbar>")
+    plt.close(single)
+    with pytest.raises(ValueError, match="per_model is empty"):
+        model_method_grid(x, x, {})

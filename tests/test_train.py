@@ -366,8 +366,8 @@ def test_unknown_objective_is_refused():
         TrainConfig("moco")
 
 
-@pytest.mark.parametrize("pool", ["cls", "mean"])
-def test_tiny_vit_training_is_bit_identical_and_saves_a_loadable_vit(tiny_scenes, tmp_path, pool):
+@pytest.mark.parametrize(("pool", "stem"), [("cls", "patch"), ("mean", "patch"), ("cls", "conv")])
+def test_tiny_vit_training_is_bit_identical_and_saves_a_loadable_vit(tiny_scenes, tmp_path, pool, stem):
     from cl_explain.models.embedded import build_network, model_from_payload
     from cl_explain.models.vit import ViTSimilarityModel
 
@@ -385,6 +385,7 @@ def test_tiny_vit_training_is_bit_identical_and_saves_a_loadable_vit(tiny_scenes
         threads=1,
         max_steps=2,
         pool=pool,
+        stem=stem,
     )
     model_a, info_a = train(config, tiny_scenes, log=lambda message: None, view_workers=0)
     model_b, _ = train(config, tiny_scenes, log=lambda message: None, view_workers=0)
@@ -410,6 +411,28 @@ def test_tiny_vit_training_is_bit_identical_and_saves_a_loadable_vit(tiny_scenes
         torch.testing.assert_close(reloaded.embed(x), expected)
         assert reloaded.features(x).shape == (2, 16, 4, 4) and reloaded.embed(torch.rand(1, 3, 48, 48)).shape == (1, 16)
     assert vit.patch_size == 8
+    stem_layers = reloaded.embedding.patch_embed.proj
+    assert isinstance(stem_layers, torch.nn.Sequential) == (stem == "conv")
+    assert not any(m.training for m in reloaded.modules())  # the stem's batch norms use their running statistics
+
+
+def test_conv_stem_keeps_the_patch_grid_and_a_local_receptive_field():
+    from cl_explain.models.embedded import build_vit
+
+    torch.manual_seed(0)
+    vit = build_vit(32, 1, 2, 8, 2.0, 64, stem="conv").eval()
+    x = torch.rand(1, 3, 64, 64)
+    changed = x.clone()
+    changed[..., 40:48, 40:48] = torch.rand(1, 3, 8, 8)  # patch (5, 5)
+    with torch.no_grad():
+        a, b = (vit.patch_embed(v).view(8, 8, 32) for v in (x, changed))
+    moved = (a - b).abs().amax(-1) > 0
+    # Three 4x4 convolutions of stride 2 give token t the pixels 8t - 7 .. 8t + 14, centred on its patch:
+    # only the patch's token and its eight neighbours move, every other token stays exactly the same.
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[4:7, 4:7] = True
+    assert torch.equal(moved, expected)
+    assert vit(x).shape == (1, 32) and vit(torch.rand(1, 3, 48, 48)).shape == (1, 32)
 
 
 def test_vit_config_is_checked():
@@ -419,5 +442,9 @@ def test_vit_config_is_checked():
         TrainConfig("simclr", arch="vit", size=36, patch=8)
     with pytest.raises(ValueError, match="multiple of the heads"):
         TrainConfig("simclr", arch="vit", width=30, heads=4)
+    with pytest.raises(ValueError, match="stem must be one of"):
+        TrainConfig("simclr", arch="vit", stem="hybrid")
+    with pytest.raises(ValueError, match="power-of-two patch"):
+        TrainConfig("simclr", arch="vit", stem="conv", size=36, patch=6)
     assert TrainConfig("simclr", arch="vit").model_name == "embedded-vit"
     assert TrainConfig("barlow-twins").model_name == "embedded-barlow-twins"

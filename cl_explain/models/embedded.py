@@ -2,11 +2,11 @@
 
 Four objectives share one small ResNet (`build_backbone`): SimCLR, Barlow Twins, SimSiam and a
 supervised classifier, plus snapshots taken along the SimCLR training (models of graded quality).
-`embedded-vit` is a small Vision Transformer (`build_vit`: timm's VisionTransformer, 8 px patches,
-so a 96 px view is a 12 x 12 token grid like the ResNets' last map) trained with SimCLR; its explained
-embedding is the pooled token representation after the final norm (the checkpoint's `pool`: the CLS
-token, as for the DINO models, or the mean of the patch tokens), and the projector that SimCLR trained
-on top of it stays in the checkpoint for training only.
+`embedded-vit` is a small Vision Transformer (`build_vit`: timm's VisionTransformer, 8 px patches
+embedded by a convolutional stem, so a 96 px view is a 12 x 12 token grid like the ResNets' last map)
+trained with SimCLR; its explained embedding is the pooled token representation after the final norm
+(the checkpoint's `pool`: the CLS token, as for the DINO models, or the mean of the patch tokens), and
+the projector that SimCLR trained on top of it stays in the checkpoint for training only.
 The checkpoints live in data/models with a manifest (data/models/manifest.json) written by
 `python -m cl_explain.train --all` (`make models`); they load by name through `load_model`.
 """
@@ -47,8 +47,8 @@ class EmbeddedModel:
     def description(self) -> str:
         if self.arch == "vit":
             return (
-                "embedded small ViT (8 px patches), SimCLR, explained embedding = pooled tokens, "
-                "trained on the synthetic scenes (data/models)"
+                "embedded small ViT (8 px patches from a convolutional stem), SimCLR, explained embedding = "
+                "pooled tokens, trained on the synthetic scenes (data/models)"
             )
         what = {
             "simclr": "SimCLR (NT-Xent)",
@@ -128,11 +128,45 @@ def feature_dim(width: int) -> int:
 ARCHS = ("resnet", "vit")
 
 
-def build_vit(width: int, depth: int, heads: int, patch: int, mlp_ratio: float, size: int) -> nn.Module:
+VIT_STEMS = ("patch", "conv")
+
+
+def conv_stem_embed(**kwargs) -> nn.Module:
+    """timm's PatchEmbed with its single patch-sized convolution replaced by a convolutional stem (Xiao et
+    al. 2021, "Early convolutions help transformers see better"): log2(patch) 4x4 convolutions of stride
+    2 and padding 1, each with batch norm and ReLU, widening to the token width, then a 1x1 projection.
+    The token grid is the patch grid, so everything that reads a ViT as patches (position embeddings,
+    token maps, token occlusion) is unchanged. Each token's receptive field is centred on its patch (even
+    kernels keep the centre at the patch's middle; 3x3 ones would put it on the patch's top-left corner)
+    and reaches a little less than a patch into its neighbours."""
+    from timm.layers import PatchEmbed
+
+    embed = PatchEmbed(**kwargs)
+    patch, width = embed.patch_size[0], int(kwargs["embed_dim"])
+    steps = patch.bit_length() - 1
+    if patch != embed.patch_size[1] or patch != 1 << steps or steps < 1:
+        raise ValueError(f"a convolutional stem needs a square power-of-two patch of at least 2 px, got {patch}")
+    layers, cin = [], int(kwargs.get("in_chans", 3))
+    for i in range(steps):
+        cout = max(width >> (steps - 1 - i), 8)
+        layers += [nn.Conv2d(cin, cout, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+        cin = cout
+    layers.append(nn.Conv2d(cin, width, 1))
+    embed.proj = nn.Sequential(*layers)
+    return embed
+
+
+def build_vit(
+    width: int, depth: int, heads: int, patch: int, mlp_ratio: float, size: int, stem: str = "patch"
+) -> nn.Module:
     """timm VisionTransformer with embedding width `width`, `depth` blocks of `heads` heads, `patch` px
-    patches on `size` px images, a CLS token and no classifier: forward gives the normed CLS token."""
+    patches on `size` px images, a CLS token and no classifier: forward gives the normed CLS token.
+    `stem`: "patch" (one patch-sized convolution, as DINO's ViTs) or "conv" (`conv_stem_embed`)."""
     from timm.models.vision_transformer import VisionTransformer
 
+    if stem not in VIT_STEMS:
+        raise ValueError(f"unknown ViT stem {stem!r}; choose one of {VIT_STEMS}")
+    extra = {"embed_layer": conv_stem_embed} if stem == "conv" else {}
     return VisionTransformer(
         img_size=size,
         patch_size=patch,
@@ -143,6 +177,7 @@ def build_vit(width: int, depth: int, heads: int, patch: int, mlp_ratio: float, 
         num_classes=0,
         global_pool="token",
         dynamic_img_size=True,
+        **extra,
     )
 
 
@@ -160,6 +195,7 @@ def build_network(config: dict) -> tuple[nn.Module, nn.Module]:
             int(config["patch"]),
             float(config["mlp_ratio"]),
             int(config["size"]),
+            config.get("stem", "patch"),
         )
         return backbone, build_head(config["objective"], width, out_dim, n_classes, in_dim=width)
     if arch != "resnet":
