@@ -131,6 +131,15 @@ ARCHS = ("resnet", "vit")
 VIT_STEMS = ("patch", "conv")
 
 
+def check_vit_stem(stem: str, patch: int) -> None:
+    """Refuse an unknown ViT stem, or a convolutional stem on a patch that is not a power of two >= 2
+    (its stride-2 convolutions halve the image until one pixel per patch is left)."""
+    if stem not in VIT_STEMS:
+        raise ValueError(f"stem must be one of {VIT_STEMS} (a ViT's patch embedding), got {stem!r}")
+    if stem == "conv" and (patch < 2 or patch & (patch - 1)):
+        raise ValueError(f"a convolutional stem needs a power-of-two patch of at least 2 px, got {patch}")
+
+
 def conv_stem_embed(**kwargs) -> nn.Module:
     """timm's PatchEmbed with its single patch-sized convolution replaced by a convolutional stem (Xiao et
     al. 2021, "Early convolutions help transformers see better"): log2(patch) 4x4 convolutions of stride
@@ -142,10 +151,8 @@ def conv_stem_embed(**kwargs) -> nn.Module:
     from timm.layers import PatchEmbed
 
     embed = PatchEmbed(**kwargs)
-    patch, width = embed.patch_size[0], int(kwargs["embed_dim"])
+    patch, width = embed.patch_size[0], int(kwargs["embed_dim"])  # build_vit has checked the patch
     steps = patch.bit_length() - 1
-    if patch != embed.patch_size[1] or patch != 1 << steps or steps < 1:
-        raise ValueError(f"a convolutional stem needs a square power-of-two patch of at least 2 px, got {patch}")
     layers, cin = [], int(kwargs.get("in_chans", 3))
     for i in range(steps):
         cout = max(width >> (steps - 1 - i), 8)
@@ -164,8 +171,7 @@ def build_vit(
     `stem`: "patch" (one patch-sized convolution, as DINO's ViTs) or "conv" (`conv_stem_embed`)."""
     from timm.models.vision_transformer import VisionTransformer
 
-    if stem not in VIT_STEMS:
-        raise ValueError(f"unknown ViT stem {stem!r}; choose one of {VIT_STEMS}")
+    check_vit_stem(stem, patch)
     extra = {"embed_layer": conv_stem_embed} if stem == "conv" else {}
     return VisionTransformer(
         img_size=size,

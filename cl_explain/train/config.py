@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..data.scenes import CLASSES, DEFAULT_SIZE, SPLIT_SIZES
-from ..models.embedded import ARCHS, OBJECTIVES, SIMCLR_SNAPSHOTS, VIT_STEMS
+from ..models.embedded import ARCHS, OBJECTIVES, SIMCLR_SNAPSHOTS, check_vit_stem
 from ..models.vit import POOLS
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -61,10 +61,7 @@ class TrainConfig:
             raise ValueError(f"unknown architecture {self.arch!r}; choose one of {ARCHS}")
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS} (a ViT's embedding), got {self.pool!r}")
-        if self.stem not in VIT_STEMS:
-            raise ValueError(f"stem must be one of {VIT_STEMS} (a ViT's patch embedding), got {self.stem!r}")
-        if self.stem == "conv" and (self.patch < 2 or self.patch & (self.patch - 1)):
-            raise ValueError(f"a convolutional stem needs a power-of-two patch of at least 2 px, got {self.patch}")
+        check_vit_stem(self.stem, self.patch)
         if self.arch == "vit" and (self.size % self.patch or self.width % self.heads):
             raise ValueError(
                 f"a ViT needs the view size ({self.size}) to be a multiple of the patch ({self.patch}) and the "
