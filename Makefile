@@ -8,7 +8,8 @@ VENV       ?= .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.cl-explain-installed
 PROFILE    ?= full
-TIMEOUT    ?= 3600
+# seconds per notebook cell: a guard against a hung kernel, not a budget (05's evaluation cell is the longest)
+TIMEOUT    ?= 7200
 NOTEBOOKS  := $(sort $(wildcard notebooks/[0-9][0-9]-*.ipynb))
 STEMS      := $(notdir $(basename $(NOTEBOOKS)))
 SOURCES    := $(shell find cl_explain -name '*.py' 2>/dev/null)
