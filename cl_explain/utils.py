@@ -1,4 +1,5 @@
-"""Small shared helpers: seeding, repository paths, input checks, size scaling, figure saving, source digest."""
+"""Small shared helpers: seeding, repository paths, input checks, size scaling, figure saving, source digest,
+the CPU and kernels a result was computed with."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import functools
 import hashlib
 import io
 import os
+import platform
 import random
 import threading
 from pathlib import Path
@@ -203,3 +205,29 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def default_device() -> torch.device:
     """CUDA when present, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+#: Environment variables that cap the instruction set of oneDNN and MKL kernels (unset: the CPU's best).
+KERNEL_ENV = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), or what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_kernels() -> dict[str, str | None]:
+    """Which CPU kernels this process computes with: the CPU, PyTorch's vectorised-kernel level and the caps
+    on oneDNN and MKL. Float results are bit-identical across CPUs that run the same kernels, so a
+    training run can be reproduced elsewhere by setting `ATEN_CPU_CAPABILITY` (lower case) and these caps."""
+    return {
+        "cpu": cpu_name(),
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **{name: os.environ.get(name) for name in KERNEL_ENV},
+    }

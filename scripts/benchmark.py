@@ -52,6 +52,7 @@ from cl_explain.bench.runs import reduced_params  # noqa: E402
 from cl_explain.data.scenes import DEFAULT_SIZE as SCENE_SIZE  # noqa: E402
 from cl_explain.explainers.base import get_method, list_methods  # noqa: E402
 from cl_explain.metrics import METRICS  # noqa: E402
+from cl_explain.utils import cpu_name  # noqa: E402
 
 METHODS = tuple(list_methods())
 #: Methods that read tokens or attention and so need a Vision Transformer; both benchmark models are
@@ -137,7 +138,7 @@ class Bench:
         self.precisions = [p for p in args.precisions.split(",") if p]
         self.date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         self.machine = {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "threads": args.threads or torch.get_num_threads(),
             "capability": torch.backends.cpu.get_cpu_capability(),
@@ -266,16 +267,6 @@ def _device_name(device: str) -> str:
     if device.startswith("cuda"):
         return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     return device
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _batch_size(text: str) -> int | str:

@@ -448,3 +448,18 @@ def test_vit_config_is_checked():
         TrainConfig("simclr", arch="vit", stem="conv", size=36, patch=6)
     assert TrainConfig("simclr", arch="vit").model_name == "embedded-vit"
     assert TrainConfig("barlow-twins").model_name == "embedded-barlow-twins"
+
+
+def test_the_kernel_record_names_the_caps_and_the_level_a_process_really_runs(monkeypatch):
+    from cl_explain.utils import cpu_kernels
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS", raising=False)
+    record = cpu_kernels()
+    assert record["ONEDNN_MAX_CPU_ISA"] == "AVX2" and record["MKL_ENABLE_INSTRUCTIONS"] is None
+    assert record["aten_cpu_capability"] == torch.backends.cpu.get_cpu_capability() and record["cpu"]
+    # ATEN_CPU_CAPABILITY is read when torch starts: a fresh process pinned to the portable kernels says so
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    script = "import json; from cl_explain.utils import cpu_kernels; print(json.dumps(cpu_kernels()))"
+    pinned = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert '"aten_cpu_capability": "DEFAULT"' in pinned.stdout

@@ -20,7 +20,7 @@ from ..models.embedded import (
     read_manifest,
 )
 from ..models.similarity import SimilarityModel
-from ..utils import write_text_atomic
+from ..utils import cpu_kernels, write_text_atomic
 from .config import DEFAULT_CONFIGS, TrainConfig
 from .loop import train
 from .quality import EvalData, measure_quality, pointing_baselines, recompute_quality, round_quality
@@ -132,6 +132,7 @@ def _build(objectives: tuple[str, ...], folder: Path, log) -> dict:
             "config": asdict(config),
             "seed": config.seed,
             "torch": torch.__version__,
+            "kernels": cpu_kernels(),  # what a bit-for-bit rebuild on another CPU pins (see data/README.md)
             "train_seconds": round(info["seconds"], 1),
             "augment_seconds": round(info["augment_seconds"], 1),
             "train_steps": info["steps"],
