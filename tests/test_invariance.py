@@ -156,3 +156,28 @@ def test_registry_entry_and_errors():
     assert result.map2 is None and result.map1.shape == (SIDE, SIDE)
     with pytest.raises(ValueError, match="square"):
         pixel_invariance(model, image()[..., :20], None, samples=4, epochs=1)
+
+
+def test_the_papers_surrogate_fit_is_chaotic_so_view_order_moves_the_map():
+    """The property the README states: with the loss summed over 1000 views and learning rate 0.1 the fit
+    never settles, so reordering the views (a no-op in exact arithmetic, a change of rounding) moves the
+    weights by whole units and the map by percents of its peak. If a change makes the fit converge, this
+    fails and the README's cross-CPU paragraph must be rewritten."""
+    import cl_explain
+    from cl_explain.data.pairings import scene_pairs
+    from cl_explain.explainers.invariance import _shrink
+
+    model = cl_explain.load_model("embedded-simclr")
+    x1 = scene_pairs(1, "test", seed=0)[0].x1
+    views = invariance_views(x1, seed=0, start=0, stop=1000)
+    with torch.no_grad():
+        labels = torch.nn.functional.cosine_similarity(model.embed(x1), model.embed(views))
+    side = 27
+    pure, small = _shrink(x1, side)[0], _shrink(views, side)
+    order = torch.randperm(1000, generator=torch.Generator().manual_seed(1))
+    w_a, _ = fit_surrogate(pure, small, labels, epochs=1000)
+    w_b, _ = fit_surrogate(pure, small[order], labels[order], epochs=1000)
+    map_a, map_b = (weights_to_map(w, side, (96, 96)) for w in (w_a, w_b))
+    assert torch.equal(w_a, fit_surrogate(pure, small, labels, epochs=1000)[0])  # same order: bit-identical
+    assert (w_a - w_b).abs().max() > 1.0
+    assert (map_a - map_b).abs().max() > 0.01 * map_a.abs().max()

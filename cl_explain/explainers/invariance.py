@@ -5,6 +5,11 @@ stay aligned) are labelled with y_t = cos(f(pure), f(a_t)). A linear surrogate o
 to s x s, pred_t = (w.pure + b + w.a_t + b) / 2, is fitted to the labels with binary cross-entropy on
 logits (summed) + l1 * (|w|_1 + |b|) by full-batch SGD. Its weights, as an image, are the map.
 
+With the paper's settings (loss summed over 1000 views, learning rate 0.1, 1000 steps) the fit never
+settles and is chaotic: a change of rounding alone, such as another order of the views or another
+CPU's kernels, moves the weights by whole units and the map by several percent of its peak (tested in
+tests/test_invariance.py). Maps are bit-identical on the same kernels, not across CPUs.
+
 Source: F. Sammani, B. Joukovsky, N. Deligiannis, "Visualizing and Understanding Contrastive
 Learning", IEEE TIP 2023 (arXiv 2206.09753), its Pixel Invariance method.
 """
