@@ -121,13 +121,15 @@ def _shown_unit(cell: str) -> float:
     return 10.0 ** -len(cell.split(".")[1]) if "." in cell else 1.0
 
 
-def _csv_value(md_path: Path, line: int, column: int) -> float | None:
-    """The unrounded value behind a cell of a `save_table` .md (its .csv twin; line 0 is the header, 1 the rule)."""
+def _csv_rows(md_path: Path) -> list[list[str]]:
+    """The rows of a `save_table` .md's .csv twin (unrounded values; [] when there is none)."""
     twin = md_path.with_suffix(".csv")
-    if not twin.is_file() or line < 2:
-        return None
-    rows = list(csv.reader(twin.read_text().splitlines()))
-    if line - 1 >= len(rows) or column >= len(rows[line - 1]):
+    return list(csv.reader(twin.read_text().splitlines())) if twin.is_file() else []
+
+
+def _csv_value(rows: list[list[str]], line: int, column: int) -> float | None:
+    """The unrounded value behind the .md cell at `line`, `column` (line 0 is the header, 1 the rule)."""
+    if line < 2 or line - 1 >= len(rows) or column >= len(rows[line - 1]):
         return None
     return _number(rows[line - 1][column])
 
@@ -152,14 +154,16 @@ def compare_tables(first: Path, second: Path) -> tuple[int, list[str], list[str]
         if len(rows) != len(other_rows):
             problems.append(f"{relative}: {len(rows)} lines vs {len(other_rows)}")
             continue
-        header = rows[0]
+        header, raw_rows = rows[0], None
         for line, (row, other_row) in enumerate(zip(rows, other_rows)):
             for column, (cell, other_cell) in enumerate(zip(row, other_row)):
                 if cell == other_cell:
                     continue
                 name = header[column] if column < len(header) else str(column)
                 message = f"{relative} row {row[:2]} column {name!r}: {cell} vs {other_cell}"
-                raw = (_csv_value(path, line, column), _csv_value(other, line, column))
+                if raw_rows is None:  # read once per table, only when a cell differs
+                    raw_rows = (_csv_rows(path), _csv_rows(other))
+                raw = (_csv_value(raw_rows[0], line, column), _csv_value(raw_rows[1], line, column))
                 shown = (_number(cell), _number(other_cell))
                 if None not in raw and None not in shown and abs(raw[0] - raw[1]) < _shown_unit(cell) / 2:
                     boundary.append(f"{message} (unrounded {raw[0]:.6g} vs {raw[1]:.6g})")

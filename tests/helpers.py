@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections import OrderedDict
+from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -202,3 +205,12 @@ class Weights:
 
     def around(self, n: int, centre: float, spread: float) -> torch.Tensor:
         return centre + spread * (2 * torch.rand(n, generator=self.gen) - 1)
+
+
+def load_script(name: str) -> ModuleType:
+    """scripts/<name>.py imported as a module (the scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

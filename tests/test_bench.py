@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -21,6 +20,8 @@ from cl_explain.explainers.base import bf16_supported, list_methods
 from cl_explain.explainers.occlusion import occlusion_grid
 from cl_explain.metrics import METRICS
 from cl_explain.models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel
+
+import helpers
 
 SIDE = 16
 
@@ -209,16 +210,8 @@ def test_max_rss_is_at_least_the_current_resident_memory():
 # --------------------------------------------------------------------------------------- the script
 
 
-def _load_script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("benchmark_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_script_covers_every_method_and_metric_and_parses_its_options():
-    script = _load_script()
+    script = helpers.load_script("benchmark")
     assert set(script.METHODS) == set(list_methods())
     assert set(script.METRIC_NAMES) == set(METRICS)
     assert set(script.VIT_METHODS) == {"token_occlusion", "attention_rollout"}
@@ -237,7 +230,7 @@ def test_script_covers_every_method_and_metric_and_parses_its_options():
 
 
 def test_update_readme_replaces_only_the_marked_block(tmp_path):
-    script = _load_script()
+    script = helpers.load_script("benchmark")
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n## Benchmark\nintro\n{script.README_START}\nold table\n{script.README_END}\nafter\n")
     script.update_readme(readme, "| new |\n")
@@ -252,7 +245,7 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
 
 def test_bf16_table_path_with_fp32_runs_standing_in(tmp_path):
     """The bf16 comparison of the script, fed an fp32 run twice (bf16 cannot run on AVX2-only CPUs)."""
-    script = _load_script()
+    script = helpers.load_script("benchmark")
     runner = script.Bench(script.parse_args(["--quick", "--models", "embedded", "--output", str(tmp_path / "b.md")]))
     runner.bf16_supported, runner.bf16_reason = True, "stand-in"
     model, pairs = tiny_model(), tiny_pairs(2)

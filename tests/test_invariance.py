@@ -16,7 +16,7 @@ from cl_explain.explainers.invariance import (
     pixel_invariance,
     weights_to_map,
 )
-from cl_explain.models.similarity import SimilarityModel
+from cl_explain.models.similarity import SimilarityModel, cosine
 
 import helpers
 from helpers import PatchOnly
@@ -171,7 +171,7 @@ def test_the_papers_surrogate_fit_is_chaotic_so_view_order_moves_the_map():
     x1 = scene_pairs(1, "test", seed=0)[0].x1
     views = invariance_views(x1, seed=0, start=0, stop=1000)
     with torch.no_grad():
-        labels = torch.nn.functional.cosine_similarity(model.embed(x1), model.embed(views))
+        labels = cosine(model.embed(x1), model.embed(views))
     side = 27
     pure, small = _shrink(x1, side)[0], _shrink(views, side)
     order = torch.randperm(1000, generator=torch.Generator().manual_seed(1))

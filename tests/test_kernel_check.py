@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
 
 from cl_explain.notebook import save_table
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_cpu_kernels.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("check_cpu_kernels", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import helpers
 
 
 def write(folder: Path, values: list[float], labels: list[str]) -> None:
@@ -25,7 +17,7 @@ def write(folder: Path, values: list[float], labels: list[str]) -> None:
 
 
 def test_a_boundary_flip_is_listed_and_a_real_difference_fails(tmp_path):
-    script = load_script()
+    script = helpers.load_script("check_cpu_kernels")
     # row a: 0.15559 and 0.15543 show as 0.156 and 0.155 but are 1.6e-4 apart (< half of 0.001);
     # row b: 0.150 and 0.152 are 2e-3 apart; row c: equal; row d: another label
     write(tmp_path / "one", [0.15559, 0.150, 0.3, 0.4], ["a", "b", "c", "d"])
@@ -39,7 +31,7 @@ def test_a_boundary_flip_is_listed_and_a_real_difference_fails(tmp_path):
 
 
 def test_without_the_csv_twin_every_shown_difference_fails(tmp_path):
-    script = load_script()
+    script = helpers.load_script("check_cpu_kernels")
     write(tmp_path / "one", [0.15559], ["a"])
     write(tmp_path / "two", [0.15543], ["a"])
     (tmp_path / "two" / "nb" / "table.csv").unlink()
