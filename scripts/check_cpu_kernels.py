@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from cl_explain.utils import KERNEL_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "native": {},
@@ -41,7 +43,7 @@ TIMING_TABLES = ("timings.md",)
 
 def kernel_environment(setting: str) -> dict[str, str]:
     """This process's environment with the kernel variables of `setting` (and none of the other's)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", *KERNEL_ENV)}
     env.update(SETTINGS[setting])
     env.pop("MPLBACKEND", None)  # papermill captures no figures under Agg
     return env
@@ -50,9 +52,8 @@ def kernel_environment(setting: str) -> dict[str, str]:
 def quality_in_subprocess(setting: str, out: Path) -> dict:
     """The recomputed quality numbers of every committed model, computed under `setting`'s kernels."""
     code = (
-        "import json, sys, torch; from cl_explain.train import recompute_quality; "
-        "json.dump({'cpu_capability': torch.backends.cpu.get_cpu_capability(), "
-        "'models': recompute_quality()}, open(sys.argv[1], 'w'), indent=1)"
+        "import json, sys; from cl_explain.train import recompute_quality; from cl_explain.utils import cpu_kernels; "
+        "json.dump({'kernels': cpu_kernels(), 'models': recompute_quality()}, open(sys.argv[1], 'w'), indent=1)"
     )
     subprocess.run([sys.executable, "-c", code, str(out)], env=kernel_environment(setting), check=True, cwd=ROOT)
     return json.loads(out.read_text())
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{setting}] {SETTINGS[setting] or 'native kernels'}", flush=True)
         if not args.skip_quality:
             quality[setting] = quality_in_subprocess(setting, folder / "quality.json")
-            print(f"[{setting}] CPU capability {quality[setting]['cpu_capability']}", flush=True)
+            print(f"[{setting}] kernels {quality[setting]['kernels']}", flush=True)
         notebooks_in_subprocess(setting, chosen, folder)
     problems = []
     if quality:
@@ -196,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         problems += compare_quality(quality["native"], quality["portable"], manifest)
         lines.append(
             f"Quality numbers: {len(quality['native']['models'])} models, CPU capability "
-            f"{quality['native']['cpu_capability']} vs {quality['portable']['cpu_capability']}."
+            f"{quality['native']['kernels']['aten_cpu_capability']} vs "
+            f"{quality['portable']['kernels']['aten_cpu_capability']}."
         )
     compared, table_problems, boundary = compare_tables(out / "native", out / "portable")
     problems += table_problems
