@@ -166,9 +166,9 @@ TARGETS = {
 #: turns into a pass makes its test fail, so this list cannot go stale.
 KNOWN_MISSES = {
     ("embedded-simclr", "background_identifies_scene"): "0.660: about what the untrained network scores (0.657)",
-    ("embedded-simsiam", "linear_probe_top1"): "0.644: SimSiam trains on weaker colour jitter (data/README.md)",
-    ("embedded-simsiam", "knn_top1"): "0.516: SimSiam trains on weaker colour jitter (data/README.md)",
-    ("embedded-simsiam", "view_pass_rate"): "0.726: SimSiam trains on weaker colour jitter (data/README.md)",
+    ("embedded-simsiam", "linear_probe_top1"): "0.714: SimSiam trains on weaker colour jitter (data/README.md)",
+    ("embedded-simsiam", "knn_top1"): "0.593: SimSiam trains on weaker colour jitter (data/README.md)",
+    ("embedded-simsiam", "view_pass_rate"): "0.724: SimSiam trains on weaker colour jitter (data/README.md)",
 }
 
 
