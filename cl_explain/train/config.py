@@ -89,11 +89,11 @@ class TrainConfig:
 #: `make models` renders them once. Views show the target on another scene's context three times in four
 #: (`redraw_p`), so that the two views of a pair rarely share more than the object. Barlow Twins keeps the first
 #: generation's wide projector and weight decay 0.05 (and 80 epochs: at 70 it stopped at probe 0.782, kNN 0.699).
-#: SimSiam, which has no negatives, collapsed under those views' strong colour jitter in every setting screened
-#: (SGD at learning rates 0.003-0.03, batch 256, AdamW, redraw 0.25-0.75: probe below random init); it trains on
-#: its own banks with the SimSiam paper's colour jitter (0.4, 0.4, 0.4, hue 0.1; grayscale 0.2), the target
-#: redrawn in one view of two, and AdamW for 100 epochs (at 70: probe 0.644, where SGD at lr 0.03 reached 0.595;
-#: data/README.md lists the screens).
+#: SimSiam, which has no negatives, collapsed under those views' strong colour jitter in every setting screened (SGD
+#: at learning rates 0.003-0.03, batch 256, AdamW, redraw 0.25-0.75: probe near or below random init, or a collapse
+#: by epoch 30); it trains on its own banks with the SimSiam paper's colour jitter (0.4, 0.4, 0.4, hue 0.1;
+#: grayscale 0.2), the target redrawn in one view of two, and AdamW for 100 epochs (at 70: probe 0.644, where SGD at
+#: lr 0.03 reached 0.595; data/README.md lists the screens).
 _SHARED = dict(view_epochs=12, channels_last=True, threads=2)
 DEFAULT_CONFIGS = {
     "simclr": TrainConfig("simclr", epochs=70, snapshots=tuple(SIMCLR_SNAPSHOTS), **_SHARED),
