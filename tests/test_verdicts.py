@@ -162,3 +162,36 @@ def test_scored_on_names_the_pair_each_method_scores():
     assert scored_on("pixel_invariance") == "x1 only"
     assert scored_on("avgt_noise", {"avgt_noise": {"method": "averaged_transforms", "noise": True}}) == "x1, T(x1)"
     assert scored_on("random_grid", {"random_grid": {"method": "random", "cells": 8}}) == ""
+
+
+def test_a_rows_interval_does_not_depend_on_the_other_rows():
+    """Bootstrap intervals are drawn per row from the seed: a row computed alone equals the same row in a
+    larger table (with one generator shared down the table, each row's draws followed from the rows before it)."""
+    from cl_explain.analysis import paired_difference
+    from cl_explain.metrics import summarize
+
+    reference = published_table("barlow-twins-r50")
+    metrics = ["insertion_simultaneous", "deletion_simultaneous"]
+    methods = list(reference[metrics].dropna().index[:10])
+    cells = {
+        (m, k): reference.loc[m, k] + noise(12, 10 * i + j, 0.5)
+        for i, m in enumerate(methods)
+        for j, k in enumerate(metrics)
+    }
+    shifted = {key: values - 0.05 + noise(12, 99, 0.1) for key, values in cells.items()}
+    both = pd.concat([tidy("a", cells), tidy("b", shifted)])
+    last = both[both.method == methods[-1]]
+
+    full = summarize(both[both.model == "a"], n_boot=300)
+    single = summarize(last[last.model == "a"], n_boot=300)
+    assert single.loc[methods[-1]].equals(full.loc[methods[-1], single.columns])
+
+    agreement = rank_agreement(both, "barlow-twins-r50", n_boot=300).set_index(["model", "metric"])
+    only_b = rank_agreement(both[both.model == "b"], "barlow-twins-r50", n_boot=300).set_index(["model", "metric"])
+    assert only_b.equals(agreement.loc[only_b.index])
+
+    rows = ["method", "metric"]
+    difference = paired_difference(both, "a", "b", n_boot=300).set_index(rows)
+    one_method = paired_difference(last, "a", "b", n_boot=300).set_index(rows)
+    assert one_method.equals(difference.loc[one_method.index])
+    assert difference.ci_low.nunique() > 1  # rows differ, so the equalities above are not equal by construction

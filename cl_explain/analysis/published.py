@@ -133,10 +133,10 @@ def rank_agreement(
     """Per (model, metric): Spearman correlation of our method means with the published ones, over the
     methods both have (at least 3), with a percentile bootstrap interval over our pairs.
 
-    `results` is tidy (model, pair_id, method, metric, value).
+    `results` is tidy (model, pair_id, method, metric, value). Each (model, metric) row draws from its own
+    generator seeded with `seed`, so its interval does not depend on the other rows.
     """
     reference = published_table(paper_model)
-    rng = np.random.default_rng(seed)
     rows = []
     for (model, metric), frame in results[results["metric"].isin(PUBLISHED_METRICS)].groupby(
         ["model", "metric"], sort=False
@@ -149,6 +149,7 @@ def rank_agreement(
         published = reference.loc[methods, metric].to_numpy()
         values = wide.to_numpy()
         rho = float(stats.spearmanr(values.mean(axis=0), published).statistic)
+        rng = np.random.default_rng(seed)
         draws = [
             stats.spearmanr(values[rng.integers(0, len(values), len(values))].mean(axis=0), published).statistic
             for _ in range(n_boot)

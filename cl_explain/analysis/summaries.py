@@ -150,8 +150,9 @@ def paired_difference(
 ) -> pd.DataFrame:
     """Per (method, metric): mean of A, mean of B, and mean(A - B) over the pairs both models scored.
 
-    The interval of the difference is a percentile bootstrap over pairs (the pairing is kept). Whether a
-    positive difference is good depends on the metric's direction (see `cl_explain.metrics.METRICS`).
+    The interval of the difference is a percentile bootstrap over pairs (the pairing is kept), drawn for
+    each (method, metric) by its own generator seeded with `seed`, so a row does not depend on the others.
+    Whether a positive difference is good depends on the metric's direction (see `cl_explain.metrics.METRICS`).
     """
     _check_columns(df, {"model", "pair_id", "method", "metric", "value"})
     for name in (model_a, model_b):
@@ -162,11 +163,10 @@ def paired_difference(
         .pivot_table(index=["method", "metric", "pair_id"], columns="model", values="value", aggfunc="mean")
         .dropna()
     )
-    rng = np.random.default_rng(seed)
     rows = []
     for (label, metric), group in wide.groupby(level=["method", "metric"], sort=False):
         diff = (group[model_a] - group[model_b]).to_numpy(dtype=float)
-        draws = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
+        draws = diff[np.random.default_rng(seed).integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
         low, high = np.quantile(draws, [(1 - ci) / 2, 1 - (1 - ci) / 2])
         rows.append(
             {

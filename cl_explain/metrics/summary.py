@@ -30,13 +30,14 @@ def summarize(df: pd.DataFrame, ci: float = 0.95, n_boot: int = 1000, seed: int 
     """Methods (rows, in order of appearance) x metrics (columns): mean, ci_low, ci_high, n over pairs.
 
     Columns are a MultiIndex (metric, statistic); e.g. `summary["deletion_simultaneous"]["mean"]`.
+    Each (method, metric) cell is resampled by its own generator seeded with `seed`, so its interval does
+    not depend on which other methods or metrics the frame holds, nor on their order.
     """
     if not 0 < ci < 1:
         raise ValueError(f"ci must be in (0, 1), got {ci}")
     missing = {"method", "metric", "value"} - set(df.columns)
     if missing:
         raise ValueError(f"df needs the columns method, metric, value (from evaluate); missing {sorted(missing)}")
-    rng = np.random.default_rng(seed)
     order = {name: i for i, name in enumerate(METRICS)}
     metric_names = sorted(df["metric"].unique(), key=lambda m: (order.get(re.sub(r"_[12]$", "", m), len(order)), m))
     methods = list(dict.fromkeys(df["method"]))
@@ -46,7 +47,7 @@ def summarize(df: pd.DataFrame, ci: float = 0.95, n_boot: int = 1000, seed: int 
     summary = pd.DataFrame(index=pd.Index(methods, name="method"), columns=columns, dtype=float)
     for (method, metric), group in df.groupby(["method", "metric"], sort=False):
         values = group["value"].to_numpy(dtype=float)
-        low, high = bootstrap_ci(values, ci, n_boot, rng)
+        low, high = bootstrap_ci(values, ci, n_boot, np.random.default_rng(seed))
         for stat, value in {"mean": float(values.mean()), "ci_low": low, "ci_high": high, "n": len(values)}.items():
             summary.loc[method, (metric, stat)] = value
     return summary
