@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..metrics.summary import bootstrap_ci
+
 if TYPE_CHECKING:
     from ..models.similarity import SimilarityModel
 
@@ -166,8 +168,7 @@ def paired_difference(
     rows = []
     for (label, metric), group in wide.groupby(level=["method", "metric"], sort=False):
         diff = (group[model_a] - group[model_b]).to_numpy(dtype=float)
-        draws = diff[np.random.default_rng(seed).integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
-        low, high = np.quantile(draws, [(1 - ci) / 2, 1 - (1 - ci) / 2])
+        low, high = bootstrap_ci(diff, ci, n_boot, np.random.default_rng(seed))
         rows.append(
             {
                 "method": label,

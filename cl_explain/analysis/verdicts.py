@@ -27,6 +27,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..metrics.summary import bootstrap_ci
+
 VERDICTS = ("holds", "fails", "inconclusive")
 #: Fewer paired differences than this give no verdict but "inconclusive".
 MIN_PAIRS = 5
@@ -81,9 +83,7 @@ def paired_verdict(differences: Sequence[float], n_boot: int = 2000, ci: float =
         raise ValueError(f"need a non-empty 1-d array of finite paired differences, got shape {diff.shape}")
     if not 0 < ci < 1:
         raise ValueError(f"ci must be in (0, 1), got {ci}")
-    rng = np.random.default_rng(seed)
-    draws = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
-    low, high = np.quantile(draws, [(1 - ci) / 2, 1 - (1 - ci) / 2])
+    low, high = bootstrap_ci(diff, ci, n_boot, np.random.default_rng(seed))
     verdict = (
         "inconclusive" if diff.size < MIN_PAIRS else "holds" if low > 0 else "fails" if high < 0 else "inconclusive"
     )
